@@ -1,0 +1,1 @@
+"""Reading interactions, fitting vocabularies, building sequences and negatives."""

@@ -1,0 +1,77 @@
+"""Negative sampling: uniform, word2vec-style popularity^0.75, log-popularity; never a user's own positive.
+
+Sampling weights over dense items 1..N from train-part counts c_i:
+  uniform         w_i = 1
+  word2vec        w_i = c_i ** 0.75
+  log_popularity  w_i = log(1 + c_i)
+Items never seen in training have weight 0 under the two popularity samplers.
+"Own positives" are the user's train-part items (what training may know);
+val/test targets are not used, so nothing about the future leaks into training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ray_recall.config import SAMPLER_ALIASES, SAMPLERS
+
+
+def sampling_weights(counts: np.ndarray, method) -> np.ndarray:
+    """counts [num_items + 1] (index 0 = padding) -> unnormalized weights, 0 at index 0."""
+    method = SAMPLER_ALIASES.get(method, method) if isinstance(method, int) else method
+    c = np.asarray(counts, dtype=np.float64)
+    if method == "uniform":
+        w = np.ones_like(c)
+    elif method == "word2vec":
+        w = c ** 0.75
+    elif method == "log_popularity":
+        w = np.log1p(c)
+    else:
+        raise ValueError(f"unknown sampler {method!r}; choose one of {list(SAMPLERS)} or 0/1/2")
+    w[0] = 0.0
+    if w.sum() <= 0:
+        raise ValueError("sampling weights are all zero: no item has a training interaction")
+    return w
+
+
+class NegativeSampler:
+    """Draws negatives from a fixed distribution, rejecting each user's own positives."""
+
+    def __init__(self, counts: np.ndarray, method="word2vec", positive_keys: np.ndarray | None = None, max_rounds: int = 50):
+        w = sampling_weights(counts, method)
+        self.num_items = len(w) - 1
+        self.probs = w / w.sum()
+        self.cdf = np.cumsum(self.probs)
+        self.cdf[-1] = 1.0
+        with np.errstate(divide="ignore"):
+            self.log_probs = np.log(self.probs)  # -inf for never-sampled items
+        self.positive_keys = positive_keys if positive_keys is not None else np.zeros(0, dtype=np.int64)
+        self.max_rounds = max_rounds
+
+    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """users [B] (or broadcastable), items [B, ...] -> bool, True where the item is the user's own positive."""
+        if len(self.positive_keys) == 0:
+            return np.zeros(np.shape(items), dtype=bool)
+        keys = np.asarray(users, dtype=np.int64).reshape(-1, *([1] * (np.ndim(items) - 1))) * (self.num_items + 1) + items
+        idx = np.minimum(np.searchsorted(self.positive_keys, keys), len(self.positive_keys) - 1)
+        return self.positive_keys[idx] == keys
+
+    def _draw(self, shape, rng: np.random.Generator) -> np.ndarray:
+        return np.minimum(np.searchsorted(self.cdf, rng.random(shape), side="right"), self.num_items).astype(np.int64)
+
+    def sample(self, users: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """users [B] -> [B, n] item ids drawn from the distribution, none of them the row's user's positive."""
+        users = np.asarray(users, dtype=np.int64)
+        out = self._draw((len(users), n), rng)
+        bad = self.is_positive(users, out)
+        for _ in range(self.max_rounds):
+            if not bad.any():
+                return out
+            rows = np.nonzero(bad)[0]
+            out[bad] = self._draw(int(bad.sum()), rng)
+            bad[bad] = self.is_positive(users[rows], out[bad])
+        if bad.any():
+            user = int(users[np.nonzero(bad)[0][0]])
+            raise ValueError(f"cannot draw a negative for dense user {user}: after {self.max_rounds} rounds every draw "
+                             "was one of the user's own items (the user has interacted with nearly every sampleable item)")
+        return out

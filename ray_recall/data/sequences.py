@@ -1,0 +1,146 @@
+"""Per-user sequences, leave-last-out splits and history windows: plain functions of one batch.
+
+Order within a user: by timestamp; interactions with the same timestamp are
+ordered by a fixed hash of (user, item) (`tie_break_key`). The order is
+deterministic and independent of how the log was sharded or read, and unlike
+ordering ties by item id it does not push high ids (often the newest, least
+popular items) to the end of every sequence, where they would become the
+held-out targets.
+
+Split (leave-last-out), for a user with n >= 3 items s[0..n-1]:
+  test       target s[n-1], history s[:n-1]
+  validation target s[n-2], history s[:n-2]
+  train      targets s[1..n-3], history s[:pos]  (stored as (user, pos), cut at batch time)
+The "train part" of a user is s[:n-2]: what training, popularity and the
+negative sampler may know.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+SEQ_SCHEMA = pa.schema([("user_idx", pa.int64()), ("items", pa.list_(pa.int32())), ("length", pa.int32())])
+SAMPLE_SCHEMA = pa.schema([("user_idx", pa.int64()), ("pos", pa.int32()), ("target", pa.int32())])
+
+
+def tie_break_key(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random uint64 per (user, item) pair (splitmix64 finalizer)."""
+    x = users.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + items.astype(np.uint64)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def build_sequences(batch: pa.Table, min_len: int = 3) -> pa.Table:
+    """(user_idx, item_idx, timestamp) rows, all rows of each user in this batch -> one row per user (SEQ_SCHEMA).
+
+    Users with fewer than `min_len` interactions are dropped.
+    """
+    u = batch.column("user_idx").to_numpy()
+    i = batch.column("item_idx").to_numpy()
+    t = batch.column("timestamp").to_numpy()
+    order = np.lexsort((tie_break_key(u, i), t, u))
+    u, i = u[order], i[order].astype(np.int32)
+    if len(u) == 0:
+        return SEQ_SCHEMA.empty_table()
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(u)) + 1])
+    lengths = np.diff(np.concatenate([starts, [len(u)]]))
+    keep = lengths >= min_len
+    starts, lengths = starts[keep], lengths[keep]
+    # Gather the kept users' items into one flat array with fresh offsets.
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat_idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+    items = pa.ListArray.from_arrays(pa.array(offsets), pa.array(i[flat_idx], pa.int32()))
+    return pa.table({"user_idx": pa.array(u[starts], pa.int64()), "items": items,
+                     "length": pa.array(lengths.astype(np.int32))}, schema=SEQ_SCHEMA)
+
+
+def split_samples(batch: pa.Table, split: str) -> pa.Table:
+    """Sequences (SEQ_SCHEMA) -> samples (user_idx, pos, target) of one split: 'train', 'val' or 'test'."""
+    users = batch.column("user_idx").to_numpy()
+    lengths = batch.column("length").to_numpy().astype(np.int64)
+    flat = batch.column("items").combine_chunks().flatten().to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    if split in ("val", "test"):
+        pos = lengths - (2 if split == "val" else 1)
+        return pa.table({"user_idx": pa.array(users, pa.int64()), "pos": pa.array(pos.astype(np.int32)),
+                         "target": pa.array(flat[offsets[:-1] + pos].astype(np.int32))}, schema=SAMPLE_SCHEMA)
+    if split != "train":
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    counts = np.maximum(lengths - 3, 0)  # positions 1..n-3
+    rows = np.repeat(np.arange(len(users)), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.arange(counts.sum()) - first + 1
+    return pa.table({"user_idx": pa.array(users[rows], pa.int64()), "pos": pa.array(pos.astype(np.int32)),
+                     "target": pa.array(flat[offsets[rows] + pos].astype(np.int32))}, schema=SAMPLE_SCHEMA)
+
+
+def train_part_items(batch: pa.Table) -> pa.Table:
+    """Sequences -> one row per train-part interaction (user_idx, item_idx): s[:n-2] of every user."""
+    users = batch.column("user_idx").to_numpy()
+    lengths = batch.column("length").to_numpy().astype(np.int64)
+    flat = batch.column("items").combine_chunks().flatten().to_numpy()
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    keep = lengths - 2
+    rows = np.repeat(np.arange(len(users)), keep)
+    within = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)
+    return pa.table({"user_idx": pa.array(users[rows], pa.int64()), "item_idx": pa.array(flat[offsets[rows] + within], pa.int32())})
+
+
+class SequenceTable:
+    """All users' sequences as CSR arrays (linear in the log), for cutting history windows at batch time."""
+
+    def __init__(self, offsets: np.ndarray, items: np.ndarray):
+        self.offsets = offsets  # [num_users + 2] int64; user u's items are items[offsets[u]:offsets[u+1]]
+        self.items = items  # [num_interactions] int32
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, num_users: int) -> "SequenceTable":
+        users = table.column("user_idx").to_numpy()
+        lengths = np.zeros(num_users + 1, dtype=np.int64)
+        lengths[users] = table.column("length").to_numpy()
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        items = np.zeros(offsets[-1], dtype=np.int32)
+        flat = table.column("items").combine_chunks().flatten().to_numpy()
+        row_len = table.column("length").to_numpy().astype(np.int64)
+        src = np.repeat(offsets[users] - (np.cumsum(row_len) - row_len), row_len) + np.arange(row_len.sum())
+        items[src] = flat
+        return cls(offsets, items)
+
+    def length(self, users: np.ndarray) -> np.ndarray:
+        return self.offsets[users + 1] - self.offsets[users]
+
+    def sequence(self, user: int) -> np.ndarray:
+        return self.items[self.offsets[user]:self.offsets[user + 1]]
+
+    def windows(self, users: np.ndarray, pos: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """History before each position: the last `max_len` items, oldest first, right-padded with 0.
+
+        users, pos [B] -> hist [B, max_len] int64, hist_len [B] int64.
+        """
+        pos = np.asarray(pos, dtype=np.int64)
+        start = np.maximum(pos - max_len, 0)
+        hist_len = pos - start
+        idx = self.offsets[users][:, None] + start[:, None] + np.arange(max_len)[None, :]
+        real = np.arange(max_len)[None, :] < hist_len[:, None]
+        hist = np.where(real, self.items[np.minimum(idx, len(self.items) - 1)], 0).astype(np.int64)
+        return hist, hist_len
+
+    def seen_before(self, users: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, item) pairs of every item each user interacted with before `pos`, for masking seen items."""
+        pos = np.asarray(pos, dtype=np.int64)
+        rows = np.repeat(np.arange(len(users)), pos)
+        within = np.arange(pos.sum()) - np.repeat(np.cumsum(pos) - pos, pos)
+        return rows, self.items[self.offsets[users][rows] + within].astype(np.int64)
+
+    def train_positive_keys(self, num_items: int) -> np.ndarray:
+        """Sorted keys user * (num_items + 1) + item of every train-part interaction (s[:n-2])."""
+        lengths = np.diff(self.offsets)
+        keep = np.maximum(lengths - 2, 0)
+        users = np.repeat(np.arange(len(lengths)), keep)
+        within = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)
+        keys = users.astype(np.int64) * (num_items + 1) + self.items[self.offsets[users] + within]
+        return np.unique(keys)

@@ -1,0 +1,267 @@
+"""Read interactions and attributes into one normalized shape.
+
+Every source yields a `RawData`:
+  interactions  ray.data.Dataset with columns user_id, item_id, timestamp (float64 seconds)
+  users / items pandas DataFrames keyed by user_id / item_id with attribute columns (one row per id), or None
+Attribute tables hold one row per distinct id, so they may live on the driver;
+the interaction log never does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import ray.data
+
+from ray_recall.config import DataConfig
+from ray_recall.errors import DataError
+
+USER, ITEM, TIME = "user_id", "item_id", "timestamp"
+
+
+@dataclass
+class RawData:
+    interactions: ray.data.Dataset
+    users: pd.DataFrame | None = None
+    items: pd.DataFrame | None = None
+    user_feature_cols: tuple[str, ...] = ()
+    item_feature_cols: tuple[str, ...] = ()
+    multi_value_cols: tuple[str, ...] = ()
+    multi_value_sep: str = "|"
+    title_col: str | None = None
+    description: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# MovieLens
+
+
+ML_GENRES_100K = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
+                  "War", "Western"]
+
+
+def bundled_ml100k_dir() -> str:
+    """Directory of MovieLens-100K as shipped inside the recbole 1.2.1 wheel (package data only: recbole is not imported)."""
+    spec = importlib.util.find_spec("recbole")  # locates the package without executing it
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("MovieLens-100K is read from the recbole 1.2.1 wheel, which is not installed: "
+                        "pip install --no-deps recbole==1.2.1")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "dataset_example", "ml-100k")
+    if not os.path.exists(os.path.join(path, "ml-100k.inter")):
+        raise DataError(f"{path} has no ml-100k.inter; reinstall with pip install --no-deps recbole==1.2.1")
+    return path
+
+
+def _read_atomic(path: str) -> pd.DataFrame:
+    """A RecBole atomic file: tab-separated, header 'name:type'."""
+    df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=3)
+    df.columns = [c.split(":")[0] for c in df.columns]
+    return df
+
+
+def _movielens_bundled() -> RawData:
+    root = bundled_ml100k_dir()
+    inter = ray.data.read_csv(
+        os.path.join(root, "ml-100k.inter"),
+        parse_options=pacsv.ParseOptions(delimiter="\t"),
+        read_options=pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"], skip_rows=1),
+    ).select_columns([USER, ITEM, TIME])
+    users = _read_atomic(os.path.join(root, "ml-100k.user"))
+    users["user_id"] = users["user_id"].astype(np.int64)
+    items = _read_atomic(os.path.join(root, "ml-100k.item"))
+    items["item_id"] = items["item_id"].astype(np.int64)
+    items = items.rename(columns={"movie_title": "title", "release_year": "year"})
+    items["genre"] = items.pop("class").str.split(" ").str.join("|")
+    items["title"] = items["title"] + " (" + items["year"] + ")"
+    return RawData(inter, users[["user_id", "age", "gender", "occupation"]], items[["item_id", "title", "genre", "year"]],
+                   ("age", "gender", "occupation"), ("genre", "year"), ("genre",), "|", "title",
+                   f"MovieLens-100K ({root})")
+
+
+def _movielens_dir(path: str) -> RawData:
+    """GroupLens layouts: ml-100k (u.data/u.user/u.item), ml-1m (*.dat), ml-latest (ratings.csv/movies.csv)."""
+    j = lambda name: os.path.join(path, name)  # noqa: E731
+    if os.path.exists(j("u.data")):
+        inter = ray.data.read_csv(j("u.data"), parse_options=pacsv.ParseOptions(delimiter="\t"),
+                                  read_options=pacsv.ReadOptions(column_names=[USER, ITEM, "rating", TIME])).select_columns([USER, ITEM, TIME])
+        users = pd.read_csv(j("u.user"), sep="|", header=None, names=["user_id", "age", "gender", "occupation", "zip"], dtype=str)
+        users["user_id"] = users["user_id"].astype(np.int64)
+        raw_items = pd.read_csv(j("u.item"), sep="|", header=None, encoding="latin-1", dtype=str)
+        flags = raw_items.iloc[:, 5:5 + len(ML_GENRES_100K)].astype(int).to_numpy()
+        items = pd.DataFrame({
+            "item_id": raw_items[0].astype(np.int64),
+            "title": raw_items[1],
+            "genre": ["|".join(g for g, f in zip(ML_GENRES_100K, row) if f) for row in flags],
+            "year": raw_items[2].fillna("").str[-4:],
+        })
+        return RawData(inter, users[["user_id", "age", "gender", "occupation"]], items, ("age", "gender", "occupation"),
+                       ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-100k layout ({path})")
+    if os.path.exists(j("ratings.dat")):
+        # '::' separated; a ':' delimiter leaves empty columns between the fields, which are dropped.
+        names = [USER, "_a", ITEM, "_b", "rating", "_c", TIME]
+        inter = ray.data.read_csv(j("ratings.dat"), parse_options=pacsv.ParseOptions(delimiter=":"),
+                                  read_options=pacsv.ReadOptions(column_names=names)).select_columns([USER, ITEM, TIME])
+        users = pd.read_csv(j("users.dat"), sep="::", engine="python", header=None,
+                            names=["user_id", "gender", "age", "occupation", "zip"], dtype=str)
+        users["user_id"] = users["user_id"].astype(np.int64)
+        movies = pd.read_csv(j("movies.dat"), sep="::", engine="python", header=None, names=["item_id", "title", "genre"],
+                             encoding="latin-1", dtype=str)
+        movies["item_id"] = movies["item_id"].astype(np.int64)
+        movies["year"] = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0].fillna("")
+        return RawData(inter, users[["user_id", "age", "gender", "occupation"]], movies, ("age", "gender", "occupation"),
+                       ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-1m layout ({path})")
+    if os.path.exists(j("ratings.csv")):
+        inter = ray.data.read_csv(j("ratings.csv")).rename_columns({"userId": USER, "movieId": ITEM}).select_columns([USER, ITEM, TIME])
+        movies = pd.read_csv(j("movies.csv"), dtype=str).rename(columns={"movieId": "item_id", "genres": "genre"})
+        movies["item_id"] = movies["item_id"].astype(np.int64)
+        movies["year"] = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0].fillna("")
+        return RawData(inter, None, movies, (), ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-latest layout ({path})")
+    found = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    raise DataError(f"{path}: not a MovieLens directory (expected u.data, ratings.dat or ratings.csv; found {found})")
+
+
+# --------------------------------------------------------------------------------------------
+# Any table
+
+
+def _read_table_ds(path: str, fmt: str) -> ray.data.Dataset:
+    if fmt == "auto":
+        lower = path.rstrip("/").lower()
+        fmt = "csv" if lower.endswith((".csv", ".csv.gz", ".tsv")) else "parquet"
+    try:
+        if fmt == "csv":
+            return ray.data.read_csv(path)
+        return ray.data.read_parquet(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file or directory") from None
+    except (pa.ArrowInvalid, ValueError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"{path}: cannot read as {fmt}: {msg}") from None
+
+
+def _read_attribute_table(path: str, fmt: str, key: str) -> pd.DataFrame:
+    df = _read_table_ds(path, fmt).to_pandas()
+    if key not in df.columns:
+        raise DataError(f"{path}: missing column {key!r}; found columns {list(df.columns)}")
+    return df.drop_duplicates(key, keep="last")
+
+
+def _table(cfg: DataConfig) -> RawData:
+    ds = _read_table_ds(cfg.path, cfg.format)
+    try:
+        columns = ds.schema().names
+    except Exception as e:  # an empty or unreadable file surfaces on first read
+        raise DataError(f"{cfg.path}: cannot read: {_first_line(e)}") from None
+    users = items = None
+    if cfg.user_table:
+        users = _read_attribute_table(cfg.user_table, cfg.format, cfg.user_col)
+    if cfg.item_table:
+        items = _read_attribute_table(cfg.item_table, cfg.format, cfg.item_col)
+    inline_user = [c for c in cfg.user_feature_cols if users is None or c not in users.columns]
+    inline_item = [c for c in cfg.item_feature_cols + ((cfg.title_col,) if cfg.title_col else ())
+                   if items is None or c not in items.columns]
+    needed = [cfg.user_col, cfg.item_col, cfg.time_col] + inline_user + inline_item
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DataError(f"{cfg.path}: missing column {missing[0]!r} (config data.*_col / *_feature_cols); "
+                        f"found columns {columns}")
+    if inline_user:
+        users = _attributes_from_log(ds, cfg.user_col, inline_user, users)
+    if inline_item:
+        items = _attributes_from_log(ds, cfg.item_col, inline_item, items)
+    inter = ds.select_columns([cfg.user_col, cfg.item_col, cfg.time_col]).rename_columns(
+        {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}) if (cfg.user_col, cfg.item_col, cfg.time_col) != (USER, ITEM, TIME) \
+        else ds.select_columns([USER, ITEM, TIME])
+    if users is not None:
+        users = users.rename(columns={cfg.user_col: USER})
+    if items is not None:
+        items = items.rename(columns={cfg.item_col: ITEM})
+    return RawData(inter, users, items, cfg.user_feature_cols, cfg.item_feature_cols, cfg.multi_value_cols,
+                   cfg.multi_value_sep, cfg.title_col, f"table {cfg.path}")
+
+
+def _dedupe_block(batch: pd.DataFrame, key: str) -> pd.DataFrame:
+    return batch.drop_duplicates(key, keep="last")
+
+
+def _attributes_from_log(ds: ray.data.Dataset, key: str, cols: list[str], base: pd.DataFrame | None) -> pd.DataFrame:
+    """Attribute columns stored inline in the log: one row per id (the last seen), deduplicated per block first."""
+    per_block = ds.select_columns([key] + cols).map_batches(_dedupe_block, fn_kwargs={"key": key}, batch_format="pandas")
+    attrs = per_block.to_pandas().drop_duplicates(key, keep="last")
+    return attrs if base is None else base.merge(attrs, on=key, how="outer")
+
+
+def _synthetic(cfg: DataConfig) -> RawData:
+    from ray_recall.data.synthetic import generate
+
+    tables = generate(cfg.synthetic)
+    return RawData(ray.data.from_pandas(tables["interactions"]), tables["users"], tables["items"], ("taste",), ("category",),
+                   (), "|", "title", f"synthetic {cfg.synthetic}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
+
+
+def load_source(cfg: DataConfig) -> RawData:
+    """Open the configured source. Reading is lazy; validation happens while the log streams."""
+    if cfg.source == "synthetic":
+        return _synthetic(cfg)
+    if cfg.source == "movielens":
+        if cfg.path is None:
+            return _movielens_bundled()
+        if not os.path.exists(cfg.path):
+            raise DataError(f"{cfg.path}: no such MovieLens directory")
+        return _movielens_dir(cfg.path)
+    return _table(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of the normalized log, one batch at a time
+
+
+def validate_and_normalize(batch: pa.Table, source: str) -> pa.Table:
+    """Check one batch of (user_id, item_id, timestamp): no nulls, no negative numeric ids, numeric timestamps.
+
+    Returns the batch with the timestamp as float64 seconds. Raises DataError naming the source, column and value.
+    """
+    for col in (USER, ITEM):
+        arr = batch.column(col)
+        if arr.null_count:
+            raise DataError(f"{source}: column {col!r} has null values ({arr.null_count} in one block)")
+        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+            if pc.any(pc.less(arr, 0)).as_py():
+                bad = pc.min(arr).as_py()
+                raise DataError(f"{source}: column {col!r} has a negative id ({bad})")
+    ts = batch.column(TIME)
+    if ts.null_count:
+        raise DataError(f"{source}: column {TIME!r} has missing values ({ts.null_count} in one block)")
+    if pa.types.is_timestamp(ts.type) or pa.types.is_date(ts.type):
+        ts = pc.divide(pc.cast(pc.cast(ts, pa.timestamp("us")), pa.int64()), 1_000_000)
+    elif not (pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type)):
+        as_str = pc.cast(ts, pa.string())
+        try:
+            ts = pc.cast(as_str, pa.float64())
+        except pa.ArrowInvalid:
+            values = as_str.to_pylist()
+            bad = next(v for v in values if not _is_number(v))
+            raise DataError(f"{source}: column {TIME!r} is not numeric (value {bad!r})") from None
+    return batch.set_column(batch.schema.get_field_index(TIME), TIME, pc.cast(ts, pa.float64()))
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False

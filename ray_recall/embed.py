@@ -1,0 +1,94 @@
+"""The embedding job: Ray Data actors load the trained model and embed every item and every user.
+
+Written to <run>/embeddings/{items,users}/ as Parquet (id, embedding: fixed-size list of
+float32; multi-interest users store K*D values per row) plus embeddings/meta.json.
+User vectors use each user's whole known sequence: they are the vectors served online.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+import torch
+
+from ray_recall import batch as B
+from ray_recall.checkpoint import load_run_model
+from ray_recall.config import PipelineConfig
+from ray_recall.data.preprocess import load_meta, load_sequences
+from ray_recall.storage import RunDir
+from ray_recall.train.batches import user_batch
+
+
+def _vectors_table(key: str, ids: np.ndarray, vecs: np.ndarray) -> pa.Table:
+    flat = np.ascontiguousarray(vecs.reshape(len(ids), -1), dtype=np.float32)
+    emb = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+    return pa.table({key: pa.array(ids, pa.int64()), "embedding": emb})
+
+
+class Embedder:
+    """Ray Data actor: dense ids -> embeddings, for one side ("item" or "user")."""
+
+    def __init__(self, run_uri: str, side: str):
+        torch.set_num_threads(1)  # several actors share the node's cores
+        run = RunDir(run_uri)
+        self.model, schema = load_run_model(run)
+        self.side = side
+        self.seqs = load_sequences(run, schema.num_users) if side == "user" else None
+        self.max_len = schema.max_len
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        if self.side == "item":
+            ids = batch["item_idx"].astype(np.int64)
+            vecs = self.model.encode_item({B.ITEM: torch.from_numpy(ids)})
+            return _vectors_table("item_idx", ids, vecs.numpy())
+        ids = batch["user_idx"].astype(np.int64)
+        vecs = self.model.encode_user(user_batch(self.seqs, ids, self.seqs.length(ids), self.max_len))
+        return _vectors_table("user_idx", ids, vecs.numpy())
+
+
+def _item_ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"item_idx": batch["id"] + 1}
+
+
+def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
+    t0 = time.perf_counter()
+    meta = load_meta(run)
+    compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
+                   batch_size=4096, batch_format="numpy")
+    items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
+        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
+    users = ray.data.read_parquet(run.uri_of("data", "sequences")).select_columns(["user_idx"]).map_batches(
+        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
+    with run.staged_dir("embeddings") as tmp:
+        items.write_parquet(run.uri_of(tmp, "items"))
+        users.write_parquet(run.uri_of(tmp, "users"))
+        model, _ = load_run_model(run)
+        info = {"dim": model.embedding_dim, "interests": _interests(model), "num_items": meta["num_items"],
+                "num_users": meta["num_sequence_users"], "seconds": round(time.perf_counter() - t0, 2)}
+        run.write_json(info, tmp, "meta.json")
+    log(f"[embed] {info['num_items']:,} items and {info['num_users']:,} users embedded (D={info['dim']}"
+        f"{', K=' + str(info['interests']) if info['interests'] > 1 else ''}) in {info['seconds']:.1f}s")
+    return info
+
+
+def _interests(model) -> int:
+    return int(getattr(model, "num_interests", 1)) if model.multi_interest else 1
+
+
+def read_embeddings(run: RunDir, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """(dense ids [N], vectors [N, D] or [N, K, D]) of "items" or "users", sorted by id."""
+    info = run.read_json("embeddings", "meta.json")
+    tbl = pq.read_table(run.path("embeddings", side), filesystem=run.fs)
+    key = "item_idx" if side == "items" else "user_idx"
+    ids = tbl.column(key).to_numpy()
+    flat = tbl.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    vecs = flat.reshape(len(ids), -1)
+    if side == "users" and info["interests"] > 1:
+        vecs = vecs.reshape(len(ids), info["interests"], info["dim"])
+    order = np.argsort(ids)
+    return ids[order], vecs[order]

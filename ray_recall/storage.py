@@ -1,0 +1,126 @@
+"""The run directory: the only coupling between stages.
+
+Any `pyarrow.fs` URI works (a local path, file://, s3://, gs://). Every
+output is written under a temporary name and moved into place when complete,
+so a failed stage leaves the previous outputs intact; `manifest.json` is
+written last and records which stages finished with which config hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+
+import pyarrow.fs as pafs
+
+MANIFEST = "manifest.json"
+
+
+class RunDir:
+    def __init__(self, uri: str):
+        if "://" not in uri:
+            uri = os.path.abspath(os.path.expanduser(uri))
+        self.fs, self.root = pafs.FileSystem.from_uri(uri)
+        self.uri = uri
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    # ---- paths -------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """Path inside the filesystem (no scheme): use with self.fs."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def uri_of(self, *parts: str) -> str:
+        """Full URI (or local path): use with Ray Data readers/writers."""
+        if self.is_local:
+            return self.path(*parts)
+        scheme = self.uri.split("://", 1)[0]
+        return f"{scheme}://{self.path(*parts)}"
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    # ---- small files -------------------------------------------------
+    def read_json(self, *parts: str) -> dict:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return json.loads(f.read().decode())
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Atomic for local storage (write to a temporary name, then rename); object stores commit on close."""
+        final = self.path(*parts)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        tmp = final if not self.is_local else f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(data)
+        if tmp != final:
+            self.fs.move(tmp, final)
+
+    def write_json(self, obj, *parts: str) -> None:
+        self.write_bytes(json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode(), *parts)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return f.read()
+
+    def local_copy(self, *parts: str) -> str:
+        """A local path for a file (itself for local storage, else a downloaded temp copy)."""
+        if self.is_local:
+            return self.path(*parts)
+        import tempfile
+
+        local = os.path.join(tempfile.mkdtemp(prefix="ray_recall_"), parts[-1])
+        pafs.copy_files(self.path(*parts), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return local
+
+    # ---- atomic directories -----------------------------------------
+    @contextlib.contextmanager
+    def staged_dir(self, name: str):
+        """Yield a temporary sibling of `name` to write into; on success it replaces `name`, on error it is deleted."""
+        tmp_name = f".tmp-{name.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
+        tmp = self.path(tmp_name)
+        self.fs.create_dir(tmp, recursive=True)
+        try:
+            yield tmp_name
+        except BaseException:
+            self._delete(tmp)
+            raise
+        final = self.path(name)
+        if self.exists(name):
+            old = self.path(f".old-{tmp_name}")
+            self.fs.move(final, old)
+            self.fs.move(tmp, final)
+            self._delete(old)
+        else:
+            self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+            self.fs.move(tmp, final)
+
+    def _delete(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.delete_dir(path)
+
+    # ---- manifest ----------------------------------------------------
+    def manifest(self) -> dict:
+        return self.read_json(MANIFEST) if self.exists(MANIFEST) else {"stages": {}}
+
+    def stage_done(self, stage: str, config_hash: str) -> bool:
+        info = self.manifest()["stages"].get(stage)
+        return bool(info) and info.get("config_hash") == config_hash
+
+    def record_stage(self, stage: str, config_hash: str, **info) -> None:
+        manifest = self.manifest()
+        manifest["stages"][stage] = {"config_hash": config_hash, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        self.write_json(manifest, MANIFEST)
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

@@ -1,0 +1,1 @@
+"""Training: the per-worker loop (plain torch) and the Ray Train wrapper."""

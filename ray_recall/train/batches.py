@@ -1,0 +1,49 @@
+"""Building a training batch from (user, pos, target) samples: history windows and negatives, cut at batch time."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from ray_recall import batch as B
+from ray_recall.data.negatives import NegativeSampler
+from ray_recall.data.sequences import SequenceTable
+
+
+class TrainBatchBuilder(NumpyBatchCollateFn):
+    """collate_fn for `iter_torch_batches`: samples -> a full training batch (see ray_recall.batch).
+
+    Negatives are drawn fresh for every epoch, seeded by (seed, epoch, the batch's first sample):
+    the same epoch of the same run draws the same negatives, whatever the worker count.
+    """
+
+    def __init__(self, seqs: SequenceTable, sampler: NegativeSampler, max_len: int, num_negatives: int, seed: int, epoch: int):
+        self.seqs, self.sampler = seqs, sampler
+        self.max_len, self.num_negatives = max_len, num_negatives
+        self.seed, self.epoch = seed, epoch
+
+    def __call__(self, samples: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        users = samples["user_idx"].astype(np.int64)
+        pos = samples["pos"].astype(np.int64)
+        target = samples["target"].astype(np.int64)
+        rng = np.random.default_rng([self.seed, self.epoch, int(users[0]), int(pos[0]), len(users)])
+        hist, hist_len = self.seqs.windows(users, pos, self.max_len)
+        neg = self.sampler.sample(users, self.num_negatives, rng) if self.num_negatives else np.zeros((len(users), 0), np.int64)
+        logq = self.sampler.log_probs
+        return {
+            B.USER: torch.from_numpy(users),
+            B.HIST: torch.from_numpy(hist),
+            B.HIST_LEN: torch.from_numpy(hist_len),
+            B.POS: torch.from_numpy(target),
+            B.NEG: torch.from_numpy(neg),
+            B.POS_LOGQ: torch.from_numpy(logq[target].astype(np.float32)),
+            B.NEG_LOGQ: torch.from_numpy(logq[neg].astype(np.float32)),
+        }
+
+
+def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
+    """The user side of a batch: users [B] with history before pos [B]."""
+    users = np.asarray(users, dtype=np.int64)
+    hist, hist_len = seqs.windows(users, pos, max_len)
+    return {B.USER: torch.from_numpy(users), B.HIST: torch.from_numpy(hist), B.HIST_LEN: torch.from_numpy(hist_len)}

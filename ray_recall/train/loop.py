@@ -1,0 +1,119 @@
+"""The per-worker training loop: plain PyTorch plus the Ray Train calls (data shard, DDP, report, checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import ray.train
+import ray.train.torch
+from ray_recall import batch as B
+from ray_recall.checkpoint import model_payload
+from ray_recall.config import PipelineConfig
+from ray_recall.data.negatives import NegativeSampler
+from ray_recall.data.preprocess import load_items, load_samples, load_schema, load_sequences
+from ray_recall.metrics import metrics_from_ranks
+from ray_recall.models import build_model
+from ray_recall.objectives import get_objective
+from ray_recall.ranking import embed_all_items, rank_targets
+from ray_recall.storage import RunDir
+from ray_recall.train.batches import TrainBatchBuilder
+
+
+def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
+    """Objective (plus embedding L2) for one batch. `model` may be DDP-wrapped: its forward runs both towers."""
+    user, pos, neg = model(batch)
+    objective = get_objective(cfg.mode)
+    loss = objective(user, pos, neg, temperature=cfg.temperature, in_batch=cfg.in_batch_negatives,
+                     pos_ids=batch[B.POS], pos_logq=batch[B.POS_LOGQ] if cfg.in_batch_negatives else None)
+    if cfg.embedding_l2 > 0:
+        loss = loss + cfg.embedding_l2 * (user.pow(2).sum() + pos.pow(2).sum() + neg.pow(2).sum()) / len(user)
+    return loss
+
+
+def validate(model, seqs, val: dict[str, np.ndarray], max_len: int, k: int) -> dict[str, float]:
+    model.eval()
+    item_vecs = embed_all_items(model)
+    ranks = rank_targets(model, seqs, item_vecs, val["user_idx"], val["pos"], val["target"], max_len)["model"]
+    model.train()
+    m = metrics_from_ranks(ranks, [k])
+    return {f"val_recall@{k}": m[f"recall@{k}"], f"val_ndcg@{k}": m[f"ndcg@{k}"]}
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    cfg = PipelineConfig.from_dict(loop_config["cfg"])
+    run = RunDir(loop_config["run_uri"])
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(tc.num_threads or max(1, int(round(tc.cpus_per_worker))))
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed)
+
+    schema = load_schema(run, sampler=tc.sampler)
+    seqs = load_sequences(run, schema.num_users)
+    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
+    sampler = NegativeSampler(counts, tc.sampler, seqs.train_positive_keys(schema.num_items))
+    model = build_model(cfg.model.name, schema, cfg.model.embedding_dim, cfg.model.params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+
+    start_epoch, history = 0, []
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=False)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+    model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the GPU when use_gpu
+    device = ray.train.torch.get_device()
+    core = getattr(model, "module", model)
+
+    val = None
+    if rank == 0:
+        val_df = load_samples(run, "val")
+        if len(val_df) > tc.val_max_users:
+            val_df = val_df.sample(tc.val_max_users, random_state=tc.seed)
+        val = {c: val_df[c].to_numpy() for c in ("user_idx", "pos", "target")}
+
+    shard = ray.train.get_dataset_shard("train")
+    per_worker_batch = max(1, tc.batch_size // world)
+    for epoch in range(start_epoch, tc.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        builder = TrainBatchBuilder(seqs, sampler, schema.max_len, tc.num_negatives, tc.seed, epoch)
+        loss_sum = torch.zeros(2, dtype=torch.float64)
+        for batch in shard.iter_torch_batches(batch_size=per_worker_batch, collate_fn=builder, prefetch_batches=2,
+                                              local_shuffle_buffer_size=max(4 * per_worker_batch, 20_000),
+                                              local_shuffle_seed=tc.seed * 1000 + epoch * world + rank):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss = train_step_loss(model, batch, tc)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += torch.tensor([loss.item() * len(batch[B.USER]), len(batch[B.USER])], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(loss_sum)
+        metrics = {"epoch": epoch, "loss": float(loss_sum[0] / max(loss_sum[1], 1)), "samples": int(loss_sum[1]),
+                   "epoch_seconds": round(time.perf_counter() - t0, 3)}
+        if rank == 0:
+            metrics.update(validate(core, seqs, val, schema.max_len, tc.val_k))
+            history.append(metrics)
+            print(f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
+                  f"val recall@{tc.val_k} {metrics[f'val_recall@{tc.val_k}']:.4f} "
+                  f"({metrics['samples'] / metrics['epoch_seconds']:.0f} samples/s)", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                payload = model_payload(core, cfg.model.name, cfg.model.embedding_dim, cfg.model.params)
+                torch.save({**payload, "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
+                           os.path.join(d, "model.pt"))
+                with open(os.path.join(d, "history.json"), "w") as f:
+                    json.dump(history, f)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+

@@ -1,0 +1,50 @@
+"""Shared fixtures: one local Ray for the whole session, tiny synthetic data, run directories."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 4 logical CPUs on this 2-core box (so Train workers and Ray Data tasks never starve each other)."""
+    import ray
+    from ray.data import DataContext
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=int(1e9),
+             log_to_driver=False, logging_level="ERROR")
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield ray
+    ray.shutdown()
+
+
+def tiny_config(run_dir, **overrides):
+    """A fast pipeline config on planted synthetic data (a few seconds of training)."""
+    from ray_recall.config import PipelineConfig
+
+    raw = {
+        "run_dir": str(run_dir),
+        "data": {"source": "synthetic", "max_len": 20, "num_partitions": 2,
+                 "synthetic": {"num_users": 300, "num_items": 200, "num_groups": 5, "mean_length": 20, "seed": 7}},
+        "model": {"name": "dssm", "embedding_dim": 32, "params": {"feature_dim": 16, "hidden_units": [64]}},
+        "train": {"mode": "listwise", "epochs": 4, "batch_size": 256, "num_negatives": 10, "lr": 0.005,
+                  "cpus_per_worker": 1.0, "temperature": 0.1},
+        "eval": {"ks": [10, 20]},
+    }
+    cfg = PipelineConfig.from_dict(raw)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+@pytest.fixture
+def quiet_log():
+    lines = []
+    return lines.append
