@@ -48,3 +48,13 @@ def tiny_config(run_dir, **overrides):
 def quiet_log():
     lines = []
     return lines.append
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_session, tmp_path_factory):
+    """A tiny synthetic run with every stage done (preprocess, train, embed, index, evaluate); shared read-only."""
+    from ray_recall.pipeline import run_pipeline
+
+    cfg = tiny_config(tmp_path_factory.mktemp("trained") / "run")
+    out = run_pipeline(cfg, log=lambda *_: None)
+    return cfg, out
