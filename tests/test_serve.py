@@ -1,0 +1,159 @@
+"""The Ray Serve endpoint over real HTTP: answers match `Recaller` in-process; bad input is 404/422, never 500."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+import requests
+
+APP = "ray_recall_test"
+K = 7
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint(trained_run):
+    """(base URL, run config): one Serve app on a free port for the whole module, deleted afterwards."""
+    from ray import serve
+
+    from ray_recall.serve.app import build_app
+
+    cfg, _ = trained_run
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app(cfg.run_dir), name=APP, route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        # serve.run returns once the replica is up; the proxy may need a moment to learn the route.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Serve endpoint at {url} not ready after 60 s")
+            time.sleep(0.5)
+        yield url, cfg
+    finally:
+        serve.delete(APP)
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def recaller(trained_run):
+    from ray_recall.serve.recaller import Recaller
+
+    return Recaller(trained_run[0].run_dir)
+
+
+def _users(recaller, n=4):
+    """A few original user ids spread over the vocabulary, as plain Python values."""
+    raw = recaller.user_raw
+    picks = [raw[i] for i in sorted({0, len(raw) // 3, 2 * len(raw) // 3, len(raw) - 1})][:n]
+    return [u.item() if hasattr(u, "item") else u for u in picks]
+
+
+def _post(url, body=None, **kw):
+    return requests.post(f"{url}/recall", json=body, timeout=30, **kw)
+
+
+def _assert_same(got: list[dict], want: list[dict]):
+    assert [g["item_id"] for g in got] == [w["item_id"] for w in want]
+    assert [g["title"] for g in got] == [w["title"] for w in want]
+    for g, w in zip(got, want):
+        assert g["score"] == pytest.approx(w["score"], abs=1e-5)
+
+
+def test_healthz(endpoint, recaller):
+    url, cfg = endpoint
+    r = requests.get(f"{url}/healthz", timeout=30)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert body["run"] == os.path.abspath(cfg.run_dir)
+    assert body["items"] == recaller.info["items"] and body["users"] == recaller.info["users"]
+
+
+def test_recall_matches_offline_and_excludes_seen(endpoint, recaller):
+    url, _ = endpoint
+    for user in _users(recaller):
+        r = _post(url, {"user_id": user, "k": K})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["user_id"] == user
+        assert len(body["items"]) == K
+        _assert_same(body["items"], recaller.recall(user, K))
+        seen = set(recaller.history(user))
+        assert seen, f"user {user} has no history: the test would prove nothing"
+        assert not seen & {it["item_id"] for it in body["items"]}
+
+
+def test_recall_defaults(endpoint, recaller):
+    url, _ = endpoint
+    user = _users(recaller)[0]
+    r = _post(url, {"user_id": user})
+    assert r.status_code == 200, r.text
+    _assert_same(r.json()["items"], recaller.recall(user, 10, exclude_seen=True))
+
+
+def test_recall_with_seen_items(endpoint, recaller):
+    url, _ = endpoint
+    for user in _users(recaller):
+        r = _post(url, {"user_id": user, "k": K, "exclude_seen": False})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["items"]) == K
+        _assert_same(r.json()["items"], recaller.recall(user, K, exclude_seen=False))
+
+
+def test_unknown_user_is_404_naming_it(endpoint):
+    url, _ = endpoint
+    for user in ("no-such-user", 987654321):
+        r = _post(url, {"user_id": user})
+        assert r.status_code == 404, r.text
+        assert repr(user) in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    {"user_id": 1, "k": 0},
+    {"user_id": 1, "k": 1001},
+    {"user_id": 1, "k": "ten"},
+    {"user_id": 1, "k": 2.5},
+    {"k": 10},
+    {"user_id": None},
+    {"user_id": True},
+    {"user_id": [1]},
+    {"user_id": 1, "exclude_seen": "maybe"},
+    {"user_id": 1, "topk": 5},
+    [1, 2],
+], ids=["k0", "k1001", "k-str", "k-float", "no-user", "user-null", "user-bool", "user-list", "exclude-str",
+        "extra-key", "not-object"])
+def test_invalid_body_is_422(endpoint, body):
+    url, _ = endpoint
+    r = _post(url, body)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert detail and all(d["msg"] for d in detail)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"user_id": 1,}'], ids=["garbage", "empty", "trailing-comma"])
+def test_malformed_json_is_422(endpoint, raw):
+    url, _ = endpoint
+    r = requests.post(f"{url}/recall", data=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]
+
+
+def test_wrong_method_and_path_are_not_500(endpoint):
+    url, _ = endpoint
+    assert requests.get(f"{url}/recall", timeout=30).status_code == 405
+    assert requests.post(f"{url}/nope", json={}, timeout=30).status_code == 404
