@@ -43,18 +43,25 @@ def _validate_only(batch: pa.Table, source: str) -> pa.Table:
 
 
 def unwrap_error(e: BaseException) -> BaseException:
-    """The RayRecallError inside a Ray task failure, if there is one (Ray wraps user exceptions)."""
-    seen = set()
-    cur: BaseException | None = e
+    """The RayRecallError behind a Ray task failure, if there is one.
+
+    Ray Data re-raises a UDF's exception as a UserCodeException whose chain ends
+    before the original; the original's type and message survive in the text.
+    """
+    import re
+
+    from ray_recall import errors
+
+    cur, seen = e, set()
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
         if isinstance(cur, RayRecallError):
             return cur
         cause = getattr(cur, "cause", None)
-        if isinstance(cause, BaseException):
-            cur = cause
-            continue
-        cur = cur.__cause__ or cur.__context__
+        cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
+    match = re.search(r"ray_recall\.errors\.(DataError|ConfigError): (.*)", str(e))
+    if match:
+        return getattr(errors, match.group(1))(match.group(2).strip())
     return e
 
 
@@ -104,6 +111,8 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
         for split in ("train", "val", "test"):
             out = seq_ds.map_batches(seq.split_samples, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
             out.write_parquet(run.uri_of(tmp, split))
+            if not run.exists(tmp, split):  # Ray Data writes no file for an empty dataset
+                _write_arrow(run, seq.SAMPLE_SCHEMA.empty_table(), tmp, split, "empty.parquet")
             counts[split] = ray.data.read_parquet(run.uri_of(tmp, split)).count()
         pop = (seq_ds.map_batches(seq.train_part_items, batch_format="pyarrow", batch_size=None)
                .groupby("item_idx").count().to_pandas())
@@ -155,8 +164,12 @@ def _titles(raw, item_vocab: np.ndarray) -> list[str]:
 
 
 def _write_table(run: RunDir, df: pd.DataFrame, *parts: str) -> None:
+    _write_arrow(run, pa.Table.from_pandas(df, preserve_index=False), *parts)
+
+
+def _write_arrow(run: RunDir, table: pa.Table, *parts: str) -> None:
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), sink)
+    pq.write_table(table, sink)
     run.write_bytes(sink.getvalue().to_pybytes(), *parts)
 
 

@@ -158,9 +158,12 @@ def _read_attribute_table(path: str, fmt: str, key: str) -> pd.DataFrame:
 def _table(cfg: DataConfig) -> RawData:
     ds = _read_table_ds(cfg.path, cfg.format)
     try:
-        columns = ds.schema().names
+        schema = ds.schema()
     except Exception as e:  # an empty or unreadable file surfaces on first read
         raise DataError(f"{cfg.path}: cannot read: {_first_line(e)}") from None
+    if schema is None:  # readable but without a single row (e.g. a CSV header only)
+        raise DataError(f"{cfg.path}: no interactions (the input is empty)")
+    columns = schema.names
     users = items = None
     if cfg.user_table:
         users = _read_attribute_table(cfg.user_table, cfg.format, cfg.user_col)

@@ -13,8 +13,11 @@ def lookup(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
         return np.zeros(len(values), dtype=np.int64)
     values = np.asarray(values)
     if vocab.dtype.kind != values.dtype.kind and not (vocab.dtype.kind in "iu" and values.dtype.kind in "iu"):
-        # Mixed kinds (e.g. ints in the log, strings in a request): compare as strings.
-        vocab, values = vocab.astype(str), values.astype(str)
+        # Mixed kinds (e.g. ints in the log, "10" in a request): compare as strings, in string order.
+        text = vocab.astype(str)
+        order = np.argsort(text, kind="stable")
+        dense = lookup(text[order], values.astype(str))
+        return np.where(dense > 0, order[np.maximum(dense - 1, 0)] + 1, 0).astype(np.int64)
     idx = np.searchsorted(vocab, values)
     idx_c = np.minimum(idx, len(vocab) - 1)
     found = vocab[idx_c] == values

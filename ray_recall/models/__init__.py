@@ -2,6 +2,12 @@
 
 from ray_recall.models.registry import available_models, build_model, get_model_class, register_model
 from ray_recall.models.base import RecallModel
+from ray_recall.models.comirec import ComiRecSA
 from ray_recall.models.dssm import DSSM
+from ray_recall.models.gru4rec import GRU4Rec
+from ray_recall.models.mind import MIND
+from ray_recall.models.sasrec import SASRec
+from ray_recall.models.youtubednn import YouTubeDNN
 
-__all__ = ["RecallModel", "DSSM", "available_models", "build_model", "get_model_class", "register_model"]
+__all__ = ["RecallModel", "ComiRecSA", "DSSM", "GRU4Rec", "MIND", "SASRec", "YouTubeDNN", "available_models", "build_model",
+           "get_model_class", "register_model"]

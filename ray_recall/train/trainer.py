@@ -15,13 +15,17 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray_recall.checkpoint import save_payload
 from ray_recall.config import PipelineConfig
 from ray_recall.data.preprocess import load_meta
+from ray_recall.errors import DataError
 from ray_recall.storage import RunDir
 from ray_recall.train.loop import train_loop_per_worker
 
 
 def train(cfg: PipelineConfig, run: RunDir, log=print, max_failures: int = 0) -> dict:
     """Train on <run>/data/train with N DDP workers; returns the training summary written to model/training.json."""
-    load_meta(run)  # fails clearly if the data stage has not run
+    meta = load_meta(run)  # fails clearly if the data stage has not run
+    if meta["samples"]["train"] == 0:
+        raise DataError(f"{run.uri}: no training samples (every kept user has fewer than 4 interactions: "
+                        "one history item, one train target, validation and test)")
     tc = cfg.train
     cpus = ray.cluster_resources().get("CPU", 0)
     if tc.num_workers * tc.cpus_per_worker >= cpus > 0:

@@ -1,0 +1,76 @@
+"""ComiRec-SA (Cen et al., 2020): K interests from multi-head self-attentive pooling of the history."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ray_recall import batch as B
+from ray_recall.config import MODES
+from ray_recall.data.schema import DataSchema
+from ray_recall.models.base import RecallModel, length_mask
+from ray_recall.models.registry import register_model
+
+
+@register_model("comirec")
+class ComiRecSA(RecallModel):
+    """A = softmax_L(W2 tanh(W1 H^T)) over real positions; interests = A E -> [B, K, D].
+
+    H is the history's item embeddings E plus (optionally) learned position embeddings; the
+    attention reads H, the interests pool E, as in the paper's code. The item table (size D) is
+    shared by both sides.
+
+    Args:
+        num_interests: K, attention heads = interests per user.
+        hidden_size: d_a, width of W1 (0 = 4 * embedding_dim, the paper's choice).
+        use_positional: add learned position embeddings before computing the attention.
+        attention_power: p of label-aware attention in training, softmax(p * <interest, target>);
+            the paper picks the best interest (p -> inf).
+        normalize: L2-normalize interests and items (cosine scores; pair with a temperature).
+
+    Shapes:
+        encode_user: HIST [B, L], HIST_LEN [B] -> [B, K, D] (USER is not used; L <= the schema's max_len)
+        encode_item: ITEM [...] -> [..., D]
+    """
+
+    multi_interest = True
+    modes = MODES
+
+    def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_interests: int = 4, hidden_size: int = 0,
+                 use_positional: bool = True, attention_power: float = 2.0, normalize: bool = True):
+        super().__init__(schema, embedding_dim)
+        if num_interests < 1:
+            raise ValueError(f"comirec needs num_interests >= 1, got {num_interests}")
+        self.num_interests = num_interests
+        self.attention_power = attention_power
+        self.normalize = normalize
+        self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=embedding_dim ** -0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.pos_emb = nn.Embedding(schema.max_len, embedding_dim) if use_positional else None
+        if self.pos_emb is not None:
+            nn.init.normal_(self.pos_emb.weight, std=embedding_dim ** -0.5)
+        d_a = hidden_size or 4 * embedding_dim
+        self.w1 = nn.Linear(embedding_dim, d_a, bias=False)
+        self.w2 = nn.Linear(d_a, num_interests, bias=False)
+
+    def encode_user(self, batch):
+        hist, hist_len = batch[B.HIST], batch[B.HIST_LEN]
+        L = hist.shape[1]
+        if L > self.max_len:
+            raise ValueError(f"comirec: history length {L} exceeds the schema's max_len {self.max_len}")
+        mask = length_mask(hist_len, L)  # [B, L]
+        e = self.item_emb(hist) * mask.unsqueeze(-1)  # [B, L, D]; padding zeroed so its ids never matter
+        h = e + self.pos_emb.weight[:L] if self.pos_emb is not None else e
+        scores = self.w2(torch.tanh(self.w1(h))).transpose(1, 2)  # [B, K, L]
+        # The most negative finite value (not -inf) keeps an empty history's row finite; its weights are then zeroed.
+        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+        attn = torch.softmax(scores, dim=-1) * mask[:, None, :].to(scores.dtype)  # [B, K, L]
+        interests = attn @ e  # [B, K, D]
+        return F.normalize(interests, dim=-1) if self.normalize else interests
+
+    def encode_item(self, batch):
+        out = self.item_emb(batch[B.ITEM])  # [..., D]
+        return F.normalize(out, dim=-1) if self.normalize else out

@@ -1,0 +1,98 @@
+"""SASRec (Kang & McAuley, 2018): causal self-attention over the history; the output at the last real item is the user."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ray_recall import batch as B
+from ray_recall.config import MODES
+from ray_recall.data.schema import DataSchema
+from ray_recall.models.base import RecallModel, length_mask
+from ray_recall.models.registry import register_model
+
+
+class _CausalBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x [B, L, D], allowed [B, 1, L, L] (True = may attend) -> [B, L, D]."""
+
+    def __init__(self, dim: int, num_heads: int, dropout_rate: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout_rate = dropout_rate
+        self.ln_attn = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attn_out = nn.Linear(dim, dim)
+        self.ln_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout_rate), nn.Linear(dim, dim))
+        self.dropout = nn.Dropout(dropout_rate)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, L, d = x.shape
+        q, k, v = self.qkv(self.ln_attn(x)).split(d, dim=-1)
+        q, k, v = (t.reshape(b, L, self.num_heads, d // self.num_heads).transpose(1, 2) for t in (q, k, v))  # [B, h, L, d/h]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
+                                           dropout_p=self.dropout_rate if self.training else 0.0)
+        x = x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, L, d)))
+        return x + self.dropout(self.ffn(self.ln_ffn(x)))
+
+
+@register_model("sasrec")
+class SASRec(RecallModel):
+    """(item + learned position) embeddings -> causal transformer blocks -> output at position HIST_LEN - 1.
+
+    The item table (size D) is shared by the input and the output side, as in the paper.
+
+    Args:
+        num_blocks: transformer blocks.
+        num_heads: attention heads (must divide embedding_dim).
+        dropout_rate: dropout on embeddings, attention weights and residual branches.
+        normalize: L2-normalize both sides (cosine scores; pair with a temperature).
+
+    Shapes:
+        encode_user: HIST [B, L], HIST_LEN [B] -> [B, D] (USER is not used; L <= the schema's max_len)
+        encode_item: ITEM [...] -> [..., D]
+    """
+
+    modes = MODES
+
+    def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_blocks: int = 2, num_heads: int = 1,
+                 dropout_rate: float = 0.2, normalize: bool = True):
+        super().__init__(schema, embedding_dim)
+        if num_heads <= 0 or embedding_dim % num_heads:
+            raise ValueError(f"sasrec: num_heads={num_heads} must be positive and divide embedding_dim={embedding_dim}")
+        self.normalize = normalize
+        self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
+        self.pos_emb = nn.Embedding(schema.max_len, embedding_dim)
+        for emb in (self.item_emb, self.pos_emb):
+            nn.init.normal_(emb.weight, std=embedding_dim ** -0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+        self.emb_dropout = nn.Dropout(dropout_rate)
+        self.blocks = nn.ModuleList(_CausalBlock(embedding_dim, num_heads, dropout_rate) for _ in range(num_blocks))
+        self.ln_out = nn.LayerNorm(embedding_dim)
+
+    def encode_user(self, batch):
+        hist, hist_len = batch[B.HIST], batch[B.HIST_LEN]
+        L = hist.shape[1]
+        if L > self.max_len:
+            raise ValueError(f"sasrec: history length {L} exceeds the positional table ({self.max_len} = the schema's max_len)")
+        mask = length_mask(hist_len, L)  # [B, L]
+        # Padded inputs are zeroed so the ids stored there cannot reach any output.
+        x = (self.item_emb(hist) + self.pos_emb.weight[:L]) * mask.unsqueeze(-1)  # [B, L, D]
+        x = self.emb_dropout(x)
+        causal = torch.ones(L, L, dtype=torch.bool, device=hist.device).tril()
+        # Key 0 always stays visible so a query never has an empty row (softmax of nothing is NaN);
+        # for real queries it is a real item, for an empty history the result is discarded below.
+        keys = mask | (torch.arange(L, device=hist.device) == 0)
+        allowed = (causal[None] & keys[:, None, :]).unsqueeze(1)  # [B, 1, L, L]
+        for block in self.blocks:
+            x = block(x, allowed)
+        x = self.ln_out(x)
+        last = (hist_len.clamp(min=1, max=L) - 1)[:, None, None].expand(-1, 1, x.shape[-1])
+        user = x.gather(1, last).squeeze(1) * (hist_len > 0).unsqueeze(-1).to(x.dtype)  # [B, D]; empty history -> 0
+        return F.normalize(user, dim=-1) if self.normalize else user
+
+    def encode_item(self, batch):
+        out = self.item_emb(batch[B.ITEM])  # [..., D]
+        return F.normalize(out, dim=-1) if self.normalize else out

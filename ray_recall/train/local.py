@@ -1,0 +1,63 @@
+"""Training in the calling process, without Ray: the same batches, objective and optimizer as the Ray Train loop.
+
+For tests, notebooks and debugging on small data. It reads what `train.loop` reads from the run
+directory (schema, sequences, sampler counts, data/train samples), builds batches with the same
+`TrainBatchBuilder` and takes the loss from the same `train_step_loss`; only the data iteration
+differs (an in-memory numpy shuffle per epoch instead of a streamed Ray Data shard).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ray_recall.config import PipelineConfig
+from ray_recall.data.negatives import NegativeSampler
+from ray_recall.data.preprocess import load_items, load_samples, load_schema, load_sequences
+from ray_recall.models import build_model
+from ray_recall.storage import RunDir
+from ray_recall.train.batches import TrainBatchBuilder
+from ray_recall.train.loop import train_step_loss
+
+
+def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, log=None) -> torch.nn.Module:
+    """Train `cfg.model` on <run>/data/train for `epochs` (default cfg.train.epochs); returns the model in eval mode.
+
+    Seeded by cfg.train.seed (init, shuffling, negatives), so a rerun gives the same model. `log`, if
+    given, receives one line per epoch. Nothing is written to the run directory.
+    """
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+
+    schema = load_schema(run, sampler=tc.sampler)
+    seqs = load_sequences(run, schema.num_users)
+    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
+    sampler = NegativeSampler(counts, tc.sampler, seqs.train_positive_keys(schema.num_items))
+    model = build_model(cfg.model.name, schema, cfg.model.embedding_dim, cfg.model.params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+
+    train = load_samples(run, "train")
+    samples = {c: train[c].to_numpy() for c in ("user_idx", "pos", "target")}
+    n = len(train)
+    for epoch in range(tc.epochs if epochs is None else epochs):
+        t0 = time.perf_counter()
+        model.train()
+        builder = TrainBatchBuilder(seqs, sampler, schema.max_len, tc.num_negatives, tc.seed, epoch)
+        order = rng.permutation(n)
+        loss_sum = 0.0
+        for i in range(0, n, tc.batch_size):
+            idx = order[i:i + tc.batch_size]
+            batch = builder({k: v[idx] for k, v in samples.items()})
+            loss = train_step_loss(model, batch, tc)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+        if log is not None:
+            log(f"[train/local] epoch {epoch + 1}: loss {loss_sum / max(n, 1):.4f} ({time.perf_counter() - t0:.2f}s)")
+    return model.eval()

@@ -1,0 +1,70 @@
+"""Config validation: unknown keys, wrong types and impossible values fail before any work, naming the key."""
+
+import pytest
+
+from ray_recall.config import PipelineConfig
+from ray_recall.errors import ConfigError
+
+
+def test_defaults_and_yaml_round_trip(tmp_path):
+    cfg = PipelineConfig()
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert PipelineConfig.from_yaml(str(path)) == cfg
+
+
+@pytest.mark.parametrize("raw, needle", [
+    ({"trian": {}}, "unknown config key trian"),
+    ({"train": {"epoch": 3}}, "unknown config key train.epoch"),
+    ({"train": {"epochs": "three"}}, "train.epochs must be an integer"),
+    ({"train": {"epochs": 0}}, "train.epochs=0 must be > 0"),
+    ({"train": {"mode": "softmax"}}, "train.mode='softmax' is not allowed"),
+    ({"train": {"mode": 7}}, "train.mode=7 is not allowed"),
+    ({"train": {"sampler": "zipf"}}, "train.sampler='zipf' is not allowed"),
+    ({"model": {"name": "bert4rec"}}, "model.name='bert4rec' is unknown"),
+    ({"data": {"source": "hive"}}, "data.source='hive' is not allowed"),
+    ({"data": {"source": "table"}}, "data.path is required"),
+    ({"data": {"min_user_interactions": 2}}, "data.min_user_interactions=2 must be >= 3"),
+    ({"eval": {"ks": [10, -5]}}, "eval.ks contains -5"),
+    ({"index": {"metric": "manhattan"}}, "index.metric='manhattan' is not allowed"),
+    ({"train": {"num_negatives": 0}}, "needs train.in_batch_negatives"),
+])
+def test_bad_values_name_the_key(raw, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        PipelineConfig.from_dict(raw)
+    assert needle in str(e.value)
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ConfigError) as e:
+        PipelineConfig.from_dict({"model": {"name": "nope"}})
+    assert "dssm" in str(e.value)
+
+
+@pytest.mark.parametrize("alias, mode", [(0, "pointwise"), (1, "pairwise"), (2, "listwise")])
+def test_mode_aliases(alias, mode):
+    assert PipelineConfig.from_dict({"train": {"mode": alias}}).train.mode == mode
+
+
+@pytest.mark.parametrize("alias, name", [(0, "uniform"), (1, "word2vec"), (2, "log_popularity")])
+def test_sampler_aliases(alias, name):
+    assert PipelineConfig.from_dict({"train": {"sampler": alias}}).train.sampler == name
+
+
+def test_replace_and_hash():
+    cfg = PipelineConfig()
+    other = cfg.replace(**{"train.epochs": 3})
+    assert other.train.epochs == 3 and cfg.train.epochs != 3
+    assert cfg.section_hash("data") == other.section_hash("data")
+    assert cfg.section_hash("train") != other.section_hash("train")
+    with pytest.raises(ConfigError, match="unknown config key train.epochz"):
+        cfg.replace(**{"train.epochz": 3})
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        PipelineConfig.from_yaml(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        PipelineConfig.from_yaml(str(bad))

@@ -1,0 +1,144 @@
+"""Reading interactions: MovieLens (bundled and GroupLens layouts), any table, and clear errors for bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ray_recall.config import DataConfig, PipelineConfig
+from ray_recall.data.preprocess import load_items, load_meta, load_schema, preprocess
+from ray_recall.data.sources import load_source
+from ray_recall.errors import DataError
+from ray_recall.storage import RunDir
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_bundled_movielens_100k():
+    raw = load_source(DataConfig(source="movielens"))
+    assert raw.interactions.count() == 100_000
+    assert raw.interactions.schema().names == ["user_id", "item_id", "timestamp"]
+    assert len(raw.users) == 943 and len(raw.items) == 1682
+    assert raw.items.loc[raw.items.item_id == 1, "title"].item() == "Toy Story (1995)"
+    assert "Animation" in raw.items.loc[raw.items.item_id == 1, "genre"].item().split("|")
+
+
+def _write_ml100k(d):
+    d.mkdir()
+    (d / "u.data").write_text("1\t10\t5\t100\n1\t20\t3\t101\n2\t10\t4\t99\n")
+    (d / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    genres = ["0"] * 19
+    g1 = genres.copy(); g1[1] = "1"; g1[5] = "1"
+    (d / "u.item").write_text(f"10|Movie A (1995)|01-Jan-1995||http://x|{'|'.join(g1)}\n"
+                              f"20|Movie B (1990)|01-Jan-1990||http://x|{'|'.join(genres)}\n")
+
+
+def test_grouplens_layouts(tmp_path):
+    _write_ml100k(tmp_path / "a")
+    raw = load_source(DataConfig(source="movielens", path=str(tmp_path / "a")))
+    assert raw.interactions.count() == 3
+    assert raw.items.set_index("item_id").loc[10, "genre"] == "Action|Comedy"
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "ratings.dat").write_text("1::1193::5::978300760\n1::661::3::978302109\n")
+    (b / "users.dat").write_text("1::F::1::10::48067\n")
+    (b / "movies.dat").write_text("1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::James (1996)::Animation|Musical\n")
+    raw = load_source(DataConfig(source="movielens", path=str(b)))
+    rows = raw.interactions.take_all()
+    assert [(r["user_id"], r["item_id"], r["timestamp"]) for r in rows] == [(1, 1193, 978300760), (1, 661, 978302109)]
+    assert raw.items.set_index("item_id").loc[1193, "year"] == "1975"
+    c = tmp_path / "c"
+    c.mkdir()
+    (c / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.0,964981247\n")
+    (c / "movies.csv").write_text('movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n3,"Grumpier Old Men (1995)",Comedy\n')
+    raw = load_source(DataConfig(source="movielens", path=str(c)))
+    assert raw.interactions.count() == 2 and raw.users is None
+    with pytest.raises(DataError, match="not a MovieLens directory"):
+        load_source(DataConfig(source="movielens", path=str(tmp_path)))
+
+
+def _table_cfg(tmp_path, path, **data):
+    return PipelineConfig.from_dict({"run_dir": str(tmp_path / "run"),
+                                     "data": {"source": "table", "path": str(path), **data}})
+
+
+def _log(n_users=6, per_user=5):
+    rows = [(f"u{u}", 100 + (u * 7 + i) % 13, 1000 + i, f"g{u % 2}", f"c{(u + i) % 3}|x")
+            for u in range(n_users) for i in range(per_user)]
+    return pd.DataFrame(rows, columns=["uid", "iid", "ts", "segment", "tags"])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_table_with_column_mapping_and_inline_features(tmp_path, fmt):
+    df = _log()
+    path = tmp_path / f"log.{fmt}"
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    cfg = _table_cfg(tmp_path, path, user_col="uid", item_col="iid", time_col="ts", user_feature_cols=["segment"],
+                     item_feature_cols=["tags"], multi_value_cols=["tags"])
+    run = RunDir(cfg.run_dir)
+    meta = preprocess(cfg, run, log=lambda *_: None)
+    assert meta["num_users"] == 6 and meta["num_interactions"] == 30
+    schema = load_schema(run)
+    assert schema.user_features["segment"].shape == (7,) and schema.user_features["segment"][0] == 0
+    assert schema.item_features["tags"].shape[1] == 2  # multi-valued: two codes per item
+    assert set(meta["item_features"]["tags"]["values"]) == {"c0", "c1", "c2", "x"}
+    items = load_items(run)
+    assert items["item_idx"].tolist() == list(range(1, len(items) + 1))  # dense ids from 1
+
+
+def _expect_error(tmp_path, cfg, *needles):
+    run = RunDir(cfg.run_dir)
+    with pytest.raises(DataError) as e:
+        preprocess(cfg, run, log=lambda *_: None)
+    for needle in needles:
+        assert needle in str(e.value), str(e.value)
+    assert not run.exists("data")  # nothing half-written
+
+
+def test_missing_column_names_it_and_the_found_ones(tmp_path):
+    path = tmp_path / "log.csv"
+    _log().to_csv(path, index=False)
+    cfg = _table_cfg(tmp_path, path, user_col="user", item_col="iid", time_col="ts")
+    _expect_error(tmp_path, cfg, "missing column 'user'", "uid", str(path))
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    _expect_error(tmp_path, _table_cfg(tmp_path, path), str(path))
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("user_id,item_id,timestamp\n")
+    _expect_error(tmp_path, _table_cfg(tmp_path, header_only), "no interactions")
+
+
+def test_non_numeric_timestamp(tmp_path):
+    df = _log().rename(columns={"uid": "user_id", "iid": "item_id", "ts": "timestamp"})
+    df["timestamp"] = df["timestamp"].astype(str)
+    df.loc[7, "timestamp"] = "yesterday"
+    path = tmp_path / "log.csv"
+    df.to_csv(path, index=False)
+    _expect_error(tmp_path, _table_cfg(tmp_path, path), "'timestamp' is not numeric", "yesterday")
+
+
+def test_null_and_negative_ids(tmp_path):
+    df = pd.DataFrame({"user_id": [1.0, np.nan, 2.0], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
+    df.to_parquet(tmp_path / "nulls.parquet")
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nulls.parquet"), "'user_id' has null values")
+    df = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [1, -2, 3], "timestamp": [1, 2, 3]})
+    df.to_parquet(tmp_path / "neg.parquet")
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "neg.parquet"), "'item_id' has a negative id (-2)")
+
+
+def test_missing_file(tmp_path):
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nope.parquet"), "nope.parquet")
+
+
+def test_short_users_are_dropped_and_counted(tmp_path):
+    df = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [1, 2, 3, 1, 2], "timestamp": [1, 2, 3, 1, 2]})
+    df.to_parquet(tmp_path / "log.parquet")
+    cfg = _table_cfg(tmp_path, tmp_path / "log.parquet")
+    run = RunDir(cfg.run_dir)
+    meta = preprocess(cfg, run, log=lambda *_: None)
+    assert meta["dropped_users"] == 1 and meta["num_sequence_users"] == 1
+    assert json.loads((tmp_path / "run" / "data" / "meta.json").read_text()) == load_meta(run)
