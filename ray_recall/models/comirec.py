@@ -25,8 +25,9 @@ class ComiRecSA(RecallModel):
         num_interests: K, attention heads = interests per user.
         hidden_size: d_a, width of W1 (0 = 4 * embedding_dim, the paper's choice).
         use_positional: add learned position embeddings before computing the attention.
-        attention_power: p of label-aware attention in training, softmax(p * <interest, target>);
-            the paper picks the best interest (p -> inf).
+        attention_power: p of label-aware attention in training, softmax(p * <interest, target>). The
+            paper picks the best interest (p -> inf); with normalized vectors a soft p generalizes
+            better when a user's history is mostly one taste.
         normalize: L2-normalize interests and items (cosine scores; pair with a temperature).
 
     Shapes:
@@ -38,7 +39,7 @@ class ComiRecSA(RecallModel):
     modes = MODES
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_interests: int = 4, hidden_size: int = 0,
-                 use_positional: bool = True, attention_power: float = 2.0, normalize: bool = True):
+                 use_positional: bool = True, attention_power: float = 1.0, normalize: bool = True):
         super().__init__(schema, embedding_dim)
         if num_interests < 1:
             raise ValueError(f"comirec needs num_interests >= 1, got {num_interests}")
