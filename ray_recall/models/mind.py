@@ -60,7 +60,8 @@ class MIND(RecallModel):
                  routing_init_std: float = 1.0, normalize: bool = True):
         super().__init__(schema, embedding_dim)
         if num_interests < 1 or routing_iterations < 1:
-            raise ValueError(f"mind needs num_interests >= 1 and routing_iterations >= 1, got {num_interests} and {routing_iterations}")
+            raise ValueError(f"mind needs num_interests >= 1 and routing_iterations >= 1, "
+                             f"got {num_interests} and {routing_iterations}")
         self.num_interests = num_interests
         self.routing_iterations = routing_iterations
         self.dynamic_interests = dynamic_interests
@@ -92,11 +93,12 @@ class MIND(RecallModel):
             logits = torch.randn(n, K, L, device=hist.device, dtype=low.dtype) * self.routing_init_std
         else:
             logits = self.eval_routing_logits[:, :L].to(low.dtype).expand(n, -1, -1)
-        # Only the last iteration passes gradients to S and the embeddings; the earlier ones just find
-        # the routing weights (as in the reference implementations), which keeps training stable.
+        # Only the last iteration passes gradients to S and the embeddings; the earlier ones only find
+        # the routing weights, as in the reference implementations.
         low_fixed = low.detach()
         for it in range(self.routing_iterations):
-            w = torch.softmax(logits.masked_fill(~active[:, :, None], float("-inf")), dim=1)  # [B, K, L]: each behaviour over interests
+            # [B, K, L]: each behaviour spreads over the active interests; padding routes nowhere.
+            w = torch.softmax(logits.masked_fill(~active[:, :, None], float("-inf")), dim=1)
             w = w * mask[:, None, :].to(w.dtype)
             last = it == self.routing_iterations - 1
             caps = squash(torch.einsum("bkl,bld->bkd", w, low if last else low_fixed))  # [B, K, D]

@@ -34,9 +34,9 @@ class YouTubeDNN(RecallModel):
     modes = MODES
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, user_features: list[str] | None = None,
-                 item_features: list[str] | None = (), feature_dim: int = 32, hidden_units: tuple[int, ...] = (128,),
-                 dropout_rates: tuple[float, ...] | float = 0.0, activation: str = "relu", use_user_id: bool = False,
-                 normalize: bool = True):
+                 item_features: list[str] | tuple[str, ...] | None = (), feature_dim: int = 32,
+                 hidden_units: tuple[int, ...] = (128,), dropout_rates: tuple[float, ...] | float = 0.0,
+                 activation: str = "relu", use_user_id: bool = False, normalize: bool = True):
         super().__init__(schema, embedding_dim)
         self.use_user_id = use_user_id
         self.normalize = normalize
@@ -44,13 +44,13 @@ class YouTubeDNN(RecallModel):
         # video as context and a video as a softmax class need not live in the same space.
         self.hist_emb = nn.Embedding(schema.num_items + 1, feature_dim, padding_idx=0)
         self.user_id_emb = nn.Embedding(schema.num_users + 1, feature_dim, padding_idx=0) if use_user_id else None
-        self.user_feats = FeatureEmbedding(schema, "user", list(schema.user_features) if user_features is None else list(user_features),
-                                           feature_dim)
+        user_names = list(schema.user_features) if user_features is None else list(user_features)
+        self.user_feats = FeatureEmbedding(schema, "user", user_names, feature_dim)
         self.user_tower = mlp(feature_dim * (1 + int(use_user_id)) + self.user_feats.out_dim, list(hidden_units), embedding_dim,
                               dropout_rates, activation)
         self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
-        self.item_feats = FeatureEmbedding(schema, "item", list(schema.item_features) if item_features is None else list(item_features),
-                                           feature_dim)
+        item_names = list(schema.item_features) if item_features is None else list(item_features)
+        self.item_feats = FeatureEmbedding(schema, "item", item_names, feature_dim)
         self.item_feat_proj = nn.Linear(self.item_feats.out_dim, embedding_dim, bias=False) if self.item_feats.names else None
         for emb in (self.hist_emb, self.item_emb):
             nn.init.normal_(emb.weight, std=embedding_dim ** -0.5)
