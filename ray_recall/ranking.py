@@ -11,10 +11,14 @@ from ray_recall.metrics import score_items, target_ranks
 from ray_recall.train.batches import user_batch
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def embed_all_items(model, batch_size: int = 8192) -> torch.Tensor:
     """[num_items, D]: row j is dense item j + 1."""
-    ids = model.all_item_ids()
+    ids = model.all_item_ids(device=_device(model))
     return torch.cat([model.encode_item({B.ITEM: ids[i:i + batch_size]}) for i in range(0, len(ids), batch_size)])
 
 
@@ -31,7 +35,8 @@ def rank_targets(model, seqs: SequenceTable, item_vecs: torch.Tensor, users: np.
     for i in range(0, len(users), batch_size):
         u, p, t = users[i:i + batch_size], pos[i:i + batch_size], torch.tensor(targets[i:i + batch_size])
         seen = seqs.seen_before(u, p) if mask_seen else (None, None)
-        scores = score_items(model.encode_user(user_batch(seqs, u, p, max_len)), item_vecs)
+        user = {k: v.to(item_vecs.device) for k, v in user_batch(seqs, u, p, max_len).items()}
+        scores = score_items(model.encode_user(user), item_vecs).cpu()
         out["model"].append(target_ranks(scores, t, *seen).numpy())
         for name, vec in (extra_scores or {}).items():
             out[name].append(target_ranks(vec[None, :].expand(len(u), -1), t, *seen).numpy())

@@ -20,8 +20,13 @@ from ray_recall.storage import RunDir
 from ray_recall.train.loop import train_loop_per_worker
 
 
-def train(cfg: PipelineConfig, run: RunDir, log=print, max_failures: int = 0) -> dict:
-    """Train on <run>/data/train with N DDP workers; returns the training summary written to model/training.json."""
+def train(cfg: PipelineConfig, run: RunDir, log=print, max_failures: int = 0, resume: bool = False) -> dict:
+    """Train on <run>/data/train with N DDP workers; returns the training summary written to model/training.json.
+
+    Checkpoints go to <run>/checkpoints/train-<config hash>/, so runs of different configs in one run
+    directory never pick up each other's checkpoints. Without `resume` that directory is cleared first
+    and training starts from scratch; with it, Ray Train continues from the last checkpoint there.
+    """
     meta = load_meta(run)  # fails clearly if the data stage has not run
     if meta["samples"]["train"] == 0:
         raise DataError(f"{run.uri}: no training samples (every kept user has fewer than 4 interactions: "
@@ -32,6 +37,9 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, max_failures: int = 0) ->
         log(f"[train] warning: {tc.num_workers} workers x {tc.cpus_per_worker} CPU take all {cpus:g} CPUs; Ray Data's "
             "read tasks need one too. Lower train.cpus_per_worker (e.g. 0.5) if training does not start.")
     metric = f"val_recall@{tc.val_k}"
+    name = f"train-{cfg.section_hash('data', 'model', 'train')}"
+    if not resume and run.exists("checkpoints", name):
+        run.fs.delete_dir(run.path("checkpoints", name))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "run_uri": run.uri},
@@ -39,7 +47,7 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, max_failures: int = 0) ->
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
         run_config=RunConfig(
-            name="train", storage_path=run.uri_of("checkpoints"),
+            name=name, storage_path=run.uri_of("checkpoints"),
             checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=metric, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
