@@ -1,0 +1,15 @@
+"""The index stage: a FAISS index over the item embeddings, under <run>/index/.
+
+    python jobs/build_index.py --config ... --run-dir ...                          (local Ray in-process)
+    ray job submit --working-dir . -- python jobs/build_index.py --config ...      (joins the cluster)
+
+Each stage reads the earlier stages' outputs from the run directory, so stages submitted as
+separate jobs must share one --run-dir (a URI or shared storage when the cluster has several nodes).
+"""
+
+import sys
+
+from ray_recall.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["index", *sys.argv[1:]]))

@@ -1,0 +1,15 @@
+"""The evaluate stage: Recall / HitRate / NDCG / MRR at every K on held-out items, in <run>/metrics.json.
+
+    python jobs/evaluate.py --config ... --run-dir ...                          (local Ray in-process)
+    ray job submit --working-dir . -- python jobs/evaluate.py --config ...      (joins the cluster)
+
+Each stage reads the earlier stages' outputs from the run directory, so stages submitted as
+separate jobs must share one --run-dir (a URI or shared storage when the cluster has several nodes).
+"""
+
+import sys
+
+from ray_recall.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["evaluate", *sys.argv[1:]]))
