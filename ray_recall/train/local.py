@@ -14,12 +14,10 @@ import numpy as np
 import torch
 
 from ray_recall.config import PipelineConfig
-from ray_recall.data.negatives import NegativeSampler
-from ray_recall.data.preprocess import load_items, load_samples, load_schema, load_sequences
-from ray_recall.models import build_model
+from ray_recall.data.preprocess import load_samples
 from ray_recall.storage import RunDir
 from ray_recall.train.batches import TrainBatchBuilder
-from ray_recall.train.loop import train_step_loss
+from ray_recall.train.loop import optimizer_step, setup_training
 
 
 def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, log=None) -> torch.nn.Module:
@@ -34,12 +32,7 @@ def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, 
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
 
-    schema = load_schema(run, sampler=tc.sampler)
-    seqs = load_sequences(run, schema.num_users)
-    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
-    sampler = NegativeSampler(counts, tc.sampler, seqs.train_positive_keys(schema.num_items))
-    model = build_model(cfg.model.name, schema, cfg.model.embedding_dim, cfg.model.params)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    schema, seqs, sampler, model, optimizer = setup_training(cfg, run)
 
     train = load_samples(run, "train")
     samples = {c: train[c].to_numpy() for c in ("user_idx", "pos", "target")}
@@ -53,11 +46,7 @@ def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, 
         for i in range(0, n, tc.batch_size):
             idx = order[i:i + tc.batch_size]
             batch = builder({k: v[idx] for k, v in samples.items()})
-            loss = train_step_loss(model, batch, tc)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
+            loss_sum += optimizer_step(model, optimizer, batch, tc) * len(idx)
         if log is not None:
             log(f"[train/local] epoch {epoch + 1}: loss {loss_sum / max(n, 1):.4f} ({time.perf_counter() - t0:.2f}s)")
     return model.eval()

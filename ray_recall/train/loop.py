@@ -36,6 +36,27 @@ def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
     return loss
 
 
+def setup_training(cfg: PipelineConfig, run: RunDir):
+    """What every trainer loads from a run: (schema, sequences, negative sampler, fresh model, Adam optimizer)."""
+    tc = cfg.train
+    schema = load_schema(run, sampler=tc.sampler)
+    seqs = load_sequences(run, schema.num_users)
+    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
+    sampler = NegativeSampler(counts, tc.sampler, seqs.train_positive_keys(schema.num_items))
+    model = build_model(cfg.model.name, schema, cfg.model.embedding_dim, cfg.model.params)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    return schema, seqs, sampler, model, optimizer
+
+
+def optimizer_step(model, optimizer, batch: dict, cfg) -> float:
+    """One gradient step on `batch`; returns the batch loss."""
+    loss = train_step_loss(model, batch, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def validate(model, seqs, val: dict[str, np.ndarray], max_len: int, k: int) -> dict[str, float]:
     model.eval()
     item_vecs = embed_all_items(model)
@@ -55,12 +76,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
 
-    schema = load_schema(run, sampler=tc.sampler)
-    seqs = load_sequences(run, schema.num_users)
-    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
-    sampler = NegativeSampler(counts, tc.sampler, seqs.train_positive_keys(schema.num_items))
-    model = build_model(cfg.model.name, schema, cfg.model.embedding_dim, cfg.model.params)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    schema, seqs, sampler, model, optimizer = setup_training(cfg, run)
 
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
@@ -92,11 +108,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                               local_shuffle_buffer_size=max(4 * per_worker_batch, 20_000),
                                               local_shuffle_seed=tc.seed * 1000 + epoch * world + rank):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = train_step_loss(model, batch, tc)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += torch.tensor([loss.item() * len(batch[B.USER]), len(batch[B.USER])], dtype=torch.float64)
+            loss = optimizer_step(model, optimizer, batch, tc)
+            loss_sum += torch.tensor([loss * len(batch[B.USER]), len(batch[B.USER])], dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
         metrics = {"epoch": epoch, "loss": float(loss_sum[0] / max(loss_sum[1], 1)), "samples": int(loss_sum[1]),
