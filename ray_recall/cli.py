@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--run-dir", help="override run_dir (local path or URI)")
         s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=3")
         s.add_argument("--force", action="store_true", help="re-run stages even if their outputs are up to date")
+        s.add_argument("--resume", action="store_true",
+                       help="train: continue an interrupted run from its last checkpoint (same config, same run dir)")
         s.add_argument("--num-cpus", type=int, help="CPUs of the in-process Ray (ignored when joining a cluster)")
         s.add_argument("--samples", type=int, default=3, help="pipeline: sample recommendations to print")
     s = sub.add_parser("serve", help="deploy the Ray Serve recall endpoint for a run")
@@ -101,7 +103,7 @@ def _main(args) -> int:
     cfg = load_config(args)
     init_ray(num_cpus=args.num_cpus)
     if args.command == "pipeline":
-        out = run_pipeline(cfg, force=args.force)
+        out = run_pipeline(cfg, force=args.force, resume=args.resume)
         print("\nStage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings"].items()))
         if args.samples:
             print_samples(cfg.run_dir, args.samples)
@@ -109,7 +111,7 @@ def _main(args) -> int:
               f"Then:  curl -s -X POST localhost:8000/recall -H 'content-type: application/json' "
               "-d '{\"user_id\": 1, \"k\": 10}'")
     else:
-        run_stage(cfg, args.command, force=args.force)
+        run_stage(cfg, args.command, force=args.force, resume=args.resume)
     return 0
 
 

@@ -131,6 +131,16 @@ class TrainConfig:
     val_k: int = 10  # validation reports Recall@val_k each epoch
     val_max_users: int = 5000  # validation uses at most this many users (a seeded sample)
     num_threads: int = 0  # torch threads per worker; 0 = max(1, int(cpus_per_worker))
+    val_metric: str = "recall"  # recall | ndcg (at val_k): picks the best checkpoint and drives early stopping
+    early_stopping_patience: int = 0  # stop after this many epochs without a better val_metric; 0 = never
+    max_failures: int = 0  # worker failures Ray Train recovers from by restarting at the last checkpoint (-1 = any)
+    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD: how workers are placed on nodes
+    precision: str = "fp32"  # fp32 | bf16 (autocast for the forward pass; mainly for GPUs)
+
+    @property
+    def selection_metric(self) -> str:
+        """The reported metric that ranks checkpoints, e.g. "val_recall@10"."""
+        return f"val_{self.val_metric}@{self.val_k}"
 
     def __post_init__(self):
         mode = MODE_ALIASES.get(self.mode, self.mode) if isinstance(self.mode, int) else self.mode
@@ -139,9 +149,14 @@ class TrainConfig:
         object.__setattr__(self, "sampler", sampler)
         _check_choice("train.mode", self.mode, MODES)
         _check_choice("train.sampler", self.sampler, SAMPLERS)
+        _check_choice("train.val_metric", self.val_metric, ("recall", "ndcg"))
+        _check_choice("train.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
+        _check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        if self.max_failures < -1:
+            raise ConfigError(f"train.max_failures={self.max_failures} must be >= -1 (-1 = retry forever)")
         for key in ("temperature", "epochs", "batch_size", "lr", "num_workers", "cpus_per_worker", "val_k", "val_max_users"):
             _check_positive(f"train.{key}", getattr(self, key))
-        for key in ("num_negatives", "weight_decay", "embedding_l2", "num_threads"):
+        for key in ("num_negatives", "weight_decay", "embedding_l2", "num_threads", "early_stopping_patience"):
             _check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
         if self.num_negatives == 0 and not self.in_batch_negatives:
             raise ConfigError("train.num_negatives=0 needs train.in_batch_negatives=true (no negatives at all otherwise)")

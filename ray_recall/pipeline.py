@@ -62,12 +62,15 @@ def _stage_fn(stage: str) -> Callable:
     return {"preprocess": preprocess, "train": train, "embed": embed, "index": build_index, "evaluate": evaluate}[stage]
 
 
-def run_stage(cfg: PipelineConfig, stage: str, *, force: bool = False, log=print) -> dict:
-    """Run one stage against cfg.run_dir (skipped when its outputs match the config), returning its summary."""
-    return _run_stage(cfg, stage, force, log)[0]
+def run_stage(cfg: PipelineConfig, stage: str, *, force: bool = False, resume: bool = False, log=print) -> dict:
+    """Run one stage against cfg.run_dir (skipped when its outputs match the config), returning its summary.
+
+    `resume` (train stage): continue from the last checkpoint of an interrupted run of the same config.
+    """
+    return _run_stage(cfg, stage, force, log, resume)[0]
 
 
-def _run_stage(cfg: PipelineConfig, stage: str, force: bool, log) -> tuple[dict, bool]:
+def _run_stage(cfg: PipelineConfig, stage: str, force: bool, log, resume: bool = False) -> tuple[dict, bool]:
     if stage not in STAGES:
         from ray_recall.errors import ConfigError
 
@@ -78,12 +81,13 @@ def _run_stage(cfg: PipelineConfig, stage: str, force: bool, log) -> tuple[dict,
         log(f"[{stage}] up to date (config hash {h}); skipped")
         return run.manifest()["stages"][stage].get("summary", {}), False
     t0 = time.perf_counter()
-    summary = _stage_fn(stage)(cfg, run, log=log)
+    extra = {"resume": resume} if stage == "train" else {}
+    summary = _stage_fn(stage)(cfg, run, log=log, **extra)
     run.record_stage(stage, h, seconds=round(time.perf_counter() - t0, 2), summary=_small(summary))
     return summary, True
 
 
-def run_pipeline(cfg: PipelineConfig, stages=STAGES, *, force: bool = False, log=print) -> dict:
+def run_pipeline(cfg: PipelineConfig, stages=STAGES, *, force: bool = False, resume: bool = False, log=print) -> dict:
     """Run `stages` in order; returns {stage: summary} plus per-stage wall seconds under "timings".
 
     Once a stage runs, every later stage runs too (its inputs changed).
@@ -95,7 +99,7 @@ def run_pipeline(cfg: PipelineConfig, stages=STAGES, *, force: bool = False, log
     out, timings = {}, {}
     for stage in stages:
         t0 = time.perf_counter()
-        out[stage], ran = _run_stage(cfg, stage, force, log)
+        out[stage], ran = _run_stage(cfg, stage, force, log, resume)
         force = force or ran
         timings[stage] = round(time.perf_counter() - t0, 2)
     out["timings"] = timings

@@ -27,7 +27,10 @@ from ray_recall.train.batches import TrainBatchBuilder
 
 def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
     """Objective (plus embedding L2) for one batch. `model` may be DDP-wrapped: its forward runs both towers."""
-    user, pos, neg = model(batch)
+    device_type = batch[B.USER].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        user, pos, neg = model(batch)
+    user, pos, neg = user.float(), pos.float(), neg.float()  # the loss in fp32 either way
     objective = get_objective(cfg.mode)
     loss = objective(user, pos, neg, temperature=cfg.temperature, in_batch=cfg.in_batch_negatives,
                      pos_ids=batch[B.POS], pos_logq=batch[B.POS_LOGQ] if cfg.in_batch_negatives else None)
@@ -66,6 +69,13 @@ def validate(model, seqs, val: dict[str, np.ndarray], max_len: int, k: int) -> d
     return {f"val_recall@{k}": m[f"recall@{k}"], f"val_ndcg@{k}": m[f"ndcg@{k}"]}
 
 
+def _announce(run: RunDir, rank: int) -> None:
+    """Record where this worker runs (<run>/train_workers/rank-<r>.json): for operators, and for failure tests."""
+    ctx = ray.get_runtime_context()
+    run.write_json({"rank": rank, "pid": os.getpid(), "node_id": ctx.get_node_id(), "started": time.time()},
+                   "train_workers", f"rank-{rank}.json")
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     cfg = PipelineConfig.from_dict(loop_config["cfg"])
     run = RunDir(loop_config["run_uri"])
@@ -76,10 +86,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
 
+    _announce(run, rank)
     schema, seqs, sampler, model, optimizer = setup_training(cfg, run)
 
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and loop_config.get("resume_from"):
+        ckpt = ray.train.Checkpoint(loop_config["resume_from"], filesystem=run.fs)
     if ckpt:
         with ckpt.as_directory() as d:
             state = torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=False)
@@ -114,12 +127,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             torch.distributed.all_reduce(loss_sum)
         metrics = {"epoch": epoch, "loss": float(loss_sum[0] / max(loss_sum[1], 1)), "samples": int(loss_sum[1]),
                    "epoch_seconds": round(time.perf_counter() - t0, 3)}
+        stop = torch.zeros(1)
         if rank == 0:
             metrics.update(validate(core, seqs, val, schema.max_len, tc.val_k))
             history.append(metrics)
+            stop[0] = float(_should_stop(history, tc))
             print(f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
-                  f"val recall@{tc.val_k} {metrics[f'val_recall@{tc.val_k}']:.4f} "
-                  f"({metrics['samples'] / metrics['epoch_seconds']:.0f} samples/s)", flush=True)
+                  f"{tc.selection_metric} {metrics[tc.selection_metric]:.4f} "
+                  f"({metrics['samples'] / metrics['epoch_seconds']:.0f} samples/s)"
+                  + (" - early stop" if stop[0] else ""), flush=True)
             with tempfile.TemporaryDirectory() as d:
                 payload = model_payload(core, cfg.model.name, cfg.model.embedding_dim, cfg.model.params)
                 torch.save({**payload, "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
@@ -129,4 +145,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+        if world > 1:  # rank 0 alone validates; every rank must leave the loop together
+            torch.distributed.broadcast(stop, src=0)
+        if stop[0]:
+            break
+
+
+def _should_stop(history: list[dict], tc) -> bool:
+    """Early stopping: no better selection metric in the last `early_stopping_patience` epochs."""
+    if not tc.early_stopping_patience or len(history) <= tc.early_stopping_patience:
+        return False
+    values = [h[tc.selection_metric] for h in history]
+    return max(values[-tc.early_stopping_patience:]) <= max(values[:-tc.early_stopping_patience])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -20,12 +21,54 @@ from ray_recall.storage import RunDir
 from ray_recall.train.loop import train_loop_per_worker
 
 
-def train(cfg: PipelineConfig, run: RunDir, log=print, max_failures: int = 0, resume: bool = False) -> dict:
+# Settings that may change between a run and its resumption without invalidating its checkpoints.
+_RESUMABLE = ("epochs", "early_stopping_patience", "max_failures", "num_workers", "cpus_per_worker",
+              "placement_strategy", "use_gpu", "num_threads")
+
+
+def checkpoint_name(cfg: PipelineConfig) -> str:
+    """Checkpoints live in <run>/checkpoints/<this>: one directory per (data, model, train) config.
+
+    How long to train and on what hardware are left out, so a run can be resumed with more
+    epochs or on another number of workers (the global batch size stays what it was).
+    """
+    resumable = cfg.replace(**{f"train.{k}": getattr(PipelineConfig().train, k) for k in _RESUMABLE})
+    return f"train-{resumable.section_hash('data', 'model', 'train')}"
+
+
+def _checkpoint_dirs(run: RunDir, name: str) -> list[str]:
+    """checkpoint_<timestamp> directories under <run>/checkpoints/<name>, oldest first."""
+    import pyarrow.fs as pafs
+
+    if not run.exists("checkpoints", name):
+        return []
+    infos = run.fs.get_file_info(pafs.FileSelector(run.path("checkpoints", name)))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+                  and run.fs.get_file_info(f"{i.path}/history.json").type == pafs.FileType.File)
+
+
+def _checkpoints_by_epoch(run: RunDir, name: str) -> dict[int, str]:
+    """{epoch: checkpoint directory} of every complete checkpoint kept on storage."""
+    return {json.loads(run.read_bytes(*_rel(run, d), "history.json"))[-1]["epoch"]: d for d in _checkpoint_dirs(run, name)}
+
+
+def _rel(run: RunDir, path: str) -> list[str]:
+    return path[len(run.root.rstrip("/")) + 1:].split("/")
+
+
+def latest_checkpoint(run: RunDir, name: str) -> ray.train.Checkpoint | None:
+    """The most recent complete checkpoint Ray Train wrote under <run>/checkpoints/<name>, if any."""
+    kept = _checkpoints_by_epoch(run, name)
+    return ray.train.Checkpoint(kept[max(kept)], filesystem=run.fs) if kept else None
+
+
+def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> dict:
     """Train on <run>/data/train with N DDP workers; returns the training summary written to model/training.json.
 
-    Checkpoints go to <run>/checkpoints/train-<config hash>/, so runs of different configs in one run
-    directory never pick up each other's checkpoints. Without `resume` that directory is cleared first
-    and training starts from scratch; with it, Ray Train continues from the last checkpoint there.
+    Without `resume` the config's checkpoint directory is cleared and training starts from scratch.
+    With it, Ray Train finds the run's earlier checkpoints (same name and storage path) and the
+    loop continues after the last completed epoch. Worker failures within a run are retried
+    `train.max_failures` times, each time from the last checkpoint.
     """
     meta = load_meta(run)  # fails clearly if the data stage has not run
     if meta["samples"]["train"] == 0:
@@ -36,47 +79,90 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, max_failures: int = 0, re
     if tc.num_workers * tc.cpus_per_worker >= cpus > 0:
         log(f"[train] warning: {tc.num_workers} workers x {tc.cpus_per_worker} CPU take all {cpus:g} CPUs; Ray Data's "
             "read tasks need one too. Lower train.cpus_per_worker (e.g. 0.5) if training does not start.")
-    metric = f"val_recall@{tc.val_k}"
-    name = f"train-{cfg.section_hash('data', 'model', 'train')}"
+    metric = tc.selection_metric
+    name = checkpoint_name(cfg)
+    start_from = latest_checkpoint(run, name) if resume else None
     if not resume and run.exists("checkpoints", name):
         run.fs.delete_dir(run.path("checkpoints", name))
+    if resume and start_from is None:
+        log(f"[train] nothing to resume in {run.uri_of('checkpoints', name)}; training from scratch")
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "run_uri": run.uri},
+        # Ray Train V2 has no resume_from_checkpoint: the loop loads `resume_from` itself when Ray Train
+        # hands it no checkpoint of its own (those come from worker restarts within this fit).
+        train_loop_config={"cfg": cfg.to_dict(), "run_uri": run.uri, "resume_from": start_from.path if start_from else None},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
+                                     resources_per_worker={"CPU": tc.cpus_per_worker},
+                                     placement_strategy=tc.placement_strategy),
         run_config=RunConfig(
             name=name, storage_path=run.uri_of("checkpoints"),
             checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=metric, checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
         datasets={"train": ray.data.read_parquet(run.uri_of("data", "train")).randomize_block_order(seed=tc.seed)},
     )
     log(f"[train] {cfg.model.name} ({tc.mode}, {tc.num_negatives} x {tc.sampler} negatives"
-        f"{', in-batch' if tc.in_batch_negatives else ''}) on {tc.num_workers} worker(s), {tc.epochs} epochs")
+        f"{', in-batch' if tc.in_batch_negatives else ''}) on {tc.num_workers} worker(s), {tc.epochs} epochs"
+        + (f", resuming from {start_from.path}" if start_from else ""))
     t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
     if result.error:
         raise result.error
-    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(metric, float("-inf")))
-    with best_ckpt.as_directory() as d:
-        state = torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=False)
-    with result.checkpoint.as_directory() as d:
-        with open(os.path.join(d, "history.json")) as f:
-            history = json.load(f)
+    # Read the outcome back from storage (not from `result`), the same way a resumed run sees it.
+    # Ray Train keeps the best few checkpoints by the selection metric; the newest holds the full history.
+    kept = _checkpoints_by_epoch(run, name)
+    history = json.loads(run.read_bytes(*_rel(run, kept[max(kept)]), "history.json"))
+    best_metrics = max(history, key=lambda h: h[metric])
+    state = torch.load(io.BytesIO(run.read_bytes(*_rel(run, kept[best_metrics["epoch"]]), "model.pt")),
+                       map_location="cpu", weights_only=False)
     payload = {k: state[k] for k in ("name", "embedding_dim", "params", "state_dict")}
+    epoch_seconds = sum(h["epoch_seconds"] for h in history)
     summary = {
-        "best_epoch": best_metrics["epoch"], metric: best_metrics[metric], "history": history,
-        "fit_seconds": round(seconds, 2), "train_seconds": round(sum(h["epoch_seconds"] for h in history), 2),
-        "num_workers": tc.num_workers, "samples_per_second": round(
-            sum(h["samples"] for h in history) / max(sum(h["epoch_seconds"] for h in history), 1e-9), 1),
+        "best_epoch": best_metrics["epoch"], "selection_metric": metric, metric: best_metrics[metric],
+        "history": history, "epochs_run": len(history), "stopped_early": len(history) < tc.epochs,
+        "fit_seconds": round(seconds, 2), "train_seconds": round(epoch_seconds, 2), "num_workers": tc.num_workers,
+        "samples_per_second": round(sum(h["samples"] for h in history) / max(epoch_seconds, 1e-9), 1),
     }
     with run.staged_dir("model") as tmp:
         save_payload(payload, run, tmp, "model.pt")
         run.write_json(summary, tmp, "training.json")
+        run.write_bytes(training_curves_png(history, metric), tmp, "training_curves.png")
+    log(format_history(history, metric, summary["best_epoch"]))
     log(f"[train] best epoch {summary['best_epoch'] + 1}: {metric} {summary[metric]:.4f}; fit {seconds:.1f}s "
-        f"(of which epochs {summary['train_seconds']:.1f}s, {summary['samples_per_second']:.0f} samples/s)")
+        f"(of which epochs {epoch_seconds:.1f}s, {summary['samples_per_second']:.0f} samples/s); "
+        f"curves in {run.uri_of('model', 'training_curves.png')}")
     return summary
+
+
+def format_history(history: list[dict], metric: str, best_epoch: int) -> str:
+    """The per-epoch table printed after training."""
+    lines = [f"{'epoch':>6} {'loss':>9} {metric:>16} {'seconds':>8}"]
+    for h in history:
+        mark = "  <- best" if h["epoch"] == best_epoch else ""
+        lines.append(f"{h['epoch'] + 1:>6} {h['loss']:>9.4f} {h[metric]:>16.4f} {h['epoch_seconds']:>8.1f}{mark}")
+    return "\n".join(lines)
+
+
+def training_curves_png(history: list[dict], metric: str) -> bytes:
+    """Loss and the validation metric per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot(epochs, [h["loss"] for h in history], marker="o")
+    a.set(title="training loss", xlabel="epoch")
+    b.plot(epochs, [h[metric] for h in history], marker="o", color="tab:green")
+    b.set(title=metric, xlabel="epoch")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

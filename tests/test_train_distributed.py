@@ -1,0 +1,92 @@
+"""Distributed training you can trust: resume, kill-and-recover, early stopping, N workers ~ 1 worker, curves."""
+
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+
+from ray_recall.pipeline import run_stage
+from ray_recall.storage import RunDir
+from ray_recall.train.trainer import _checkpoints_by_epoch, checkpoint_name
+
+
+@pytest.fixture
+def data_copy(trained_run, tmp_path):
+    """A fresh run directory holding the trained run's preprocessed data only."""
+    base, _ = trained_run
+    shutil.copytree(RunDir(base.run_dir).path("data"), tmp_path / "run" / "data")
+    return base.replace(run_dir=str(tmp_path / "run"))
+
+
+def test_resume_continues_after_last_epoch(data_copy):
+    short = data_copy.replace(**{"train.epochs": 2})
+    first = run_stage(short, "train", log=lambda *_: None)
+    lines = []
+    longer = short.replace(**{"train.epochs": 3})
+    assert checkpoint_name(longer) == checkpoint_name(short)  # more epochs: same checkpoints
+    resumed = run_stage(longer, "train", resume=True, log=lines.append)
+    assert any("resuming from" in line for line in lines)
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    # The first two epochs were not retrained: their records are the original ones.
+    assert resumed["history"][:2] == first["history"]
+    # Without --resume the same config starts again from scratch.
+    fresh = run_stage(short, "train", force=True, log=lambda *_: None)
+    assert [h["epoch"] for h in fresh["history"]] == [0, 1]
+
+
+def test_killed_worker_recovers_from_last_checkpoint(data_copy):
+    """SIGKILL one training worker mid-run: Ray Train restarts it from the last checkpoint and finishes."""
+    cfg = data_copy.replace(**{"train.epochs": 4, "train.batch_size": 16, "train.max_failures": 2})
+    run = RunDir(cfg.run_dir)
+    name = checkpoint_name(cfg)
+    killed = {}
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            if run.exists("checkpoints", name) and _checkpoints_by_epoch(run, name):
+                info = json.loads(open(run.path("train_workers", "rank-0.json")).read())
+                os.kill(info["pid"], signal.SIGKILL)
+                killed.update(info)
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    killer.start()
+    summary = run_stage(cfg, "train", log=lambda *_: None)
+    killer.join(timeout=5)
+    assert killed, "the worker was never killed"
+    restarted = json.loads(open(run.path("train_workers", "rank-0.json")).read())
+    assert restarted["pid"] != killed["pid"]  # a new worker process took over
+    # Every epoch is in the history exactly once: none lost, none duplicated.
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
+    assert summary["val_recall@10"] > 0.1
+
+
+def test_early_stopping_and_curves(data_copy):
+    # A learning rate this small cannot improve the metric for long: patience 1 must stop the run early.
+    cfg = data_copy.replace(**{"train.epochs": 12, "train.early_stopping_patience": 1, "train.lr": 0.05})
+    summary = run_stage(cfg, "train", log=lambda *_: None)
+    history = summary["history"]
+    values = [h["val_recall@10"] for h in history]
+    if summary["stopped_early"]:
+        assert len(history) < 12
+        assert values[-1] <= max(values[:-1])
+    assert history[summary["best_epoch"]]["val_recall@10"] == max(values)
+    png = open(RunDir(cfg.run_dir).path("model", "training_curves.png"), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_two_workers_match_one_worker(trained_run, data_copy):
+    """Same global batch and seed: 2 DDP workers reach the 1-worker metrics within a stated tolerance."""
+    base, out = trained_run
+    two = run_stage(data_copy.replace(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5}), "train",
+                    log=lambda *_: None)
+    one = out["train"]
+    # Shuffling and negatives differ by worker count, so runs are not bitwise equal; on this
+    # 300-user planted data the validation Recall@10 of repeated 1-worker runs spreads by ~0.03.
+    assert abs(two["val_recall@10"] - one["val_recall@10"]) <= 0.08, (two["val_recall@10"], one["val_recall@10"])
+    assert two["history"][0]["samples"] == one["history"][0]["samples"]
