@@ -1,0 +1,62 @@
+"""A real 2-node Ray cluster on one machine: 2 training workers land on different nodes, checkpoints on shared storage."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_config
+from tests.ray_head import RAY, free_ports, start_head, stop_head, worker_port_range
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head with 1 CPU plus a second node with 1 CPU and its own temp dir, torn down by PID."""
+    head = start_head(num_cpus=1)
+    node_dir = Path(head.temp_dir) / "node2"
+    node_dir.mkdir()
+    node_mgr, obj_mgr, metrics, agent_http, agent_grpc, env_agent = free_ports(6)
+    lo, hi = worker_port_range()
+    cmd = [RAY, "start", "--address", head.gcs_address, "--block", "--num-cpus", "1", "--temp-dir", str(node_dir),
+           "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats",
+           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+           "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
+           "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
+           "--min-worker-port", str(lo), "--max-worker-port", str(hi)]
+    # cwd inside the head's temp dir: stop_head finds (and stops) this node's processes too.
+    node = subprocess.Popen(cmd, env=head.env, cwd=node_dir, stdout=open(node_dir / "node.log", "wb"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(head.alive_nodes()) < 2:
+            assert node.poll() is None, (node_dir / "node.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the second node never joined"
+            time.sleep(1)
+        yield head
+    finally:
+        node.terminate()
+        stop_head(head)
+
+
+def test_two_workers_on_two_nodes(two_nodes, tmp_path):
+    head = two_nodes
+    run_dir = tmp_path / "run"  # the same path on both nodes: the machine's disk is the shared storage
+    cfg = tiny_config(run_dir, **{"train.epochs": 2, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
+                                  "train.placement_strategy": "STRICT_SPREAD", "compute.cpus_per_actor": 0.25})
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(cfg.to_yaml())
+    sub_id, out = head.submit("jobs/pipeline.py", ["--config", str(config_path), "--samples", "0"], wait=True)
+    info = head.wait_job(sub_id)
+    assert info["status"] == "SUCCEEDED", head.job_logs(sub_id)[-4000:]
+    workers = [json.loads((run_dir / "train_workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    nodes = {n["node_id"] for n in head.alive_nodes()}
+    assert workers[0]["node_id"] != workers[1]["node_id"]  # one worker per node
+    assert {w["node_id"] for w in workers} == nodes
+    checkpoints = list((run_dir / "checkpoints").glob("train-*/checkpoint_*/model.pt"))
+    assert checkpoints, "no checkpoint written to the shared run directory"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["metrics"]["dssm"]["recall@10"] > 0
