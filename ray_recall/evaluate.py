@@ -65,3 +65,73 @@ def evaluate(cfg: PipelineConfig, run: RunDir, split: str = "test", log=print) -
     log(f"[evaluate] {split}: {len(ranked):,} users, exact full ranking over all items, "
         f"seen items {'masked' if ec.mask_seen else 'kept'} ({out['seconds']:.1f}s)\n" + format_table(results, ec.ks))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The same ranking in-process, for a model object (the notebook API)
+
+
+def evaluate_model(model, split, ks=None, mask_seen: bool | None = None, batch_size: int | None = None) -> dict[str, float]:
+    """Recall / HitRate / NDCG / MRR at every K of `model` on `split`, by exact full ranking, in-process.
+
+    Args:
+        model: a model bound to the split's data (trained with MatchTrainer, or `model.bind(data)`).
+        split: `data.test` or `data.val` (a SeqSplit; a SeqData means its test split).
+        ks: cut-offs (None = the eval config's, 10 and 50).
+        mask_seen: exclude items the user interacted with before the target (None = the eval config's, True).
+        batch_size: users scored per batch.
+    Returns {"recall@K": ..., "hit_rate@K": ..., "ndcg@K": ..., "mrr@K": ...}: the numbers the evaluate
+    stage reports for the same model and split (the same `rank_targets` and `metrics_from_ranks`).
+    """
+    from ray_recall.config import EvalConfig
+
+    defaults = EvalConfig()
+    ks = tuple(defaults.ks if ks is None else ([ks] if isinstance(ks, int) else ks))
+    EvalConfig(ks=ks)  # validates the cut-offs
+    ranks = _model_ranks(model, split, defaults.mask_seen if mask_seen is None else mask_seen,
+                         batch_size or defaults.batch_size)
+    return metrics_from_ranks(ranks, ks)
+
+
+def evaluate_recall(model, split, k: int = 10, mask_seen: bool | None = None) -> float:
+    """Recall@k of `model` on `split` (see `evaluate_model`)."""
+    return evaluate_model(model, split, [k], mask_seen)[f"recall@{k}"]
+
+
+def evaluate_hit_rate(model, split, k: int = 10, mask_seen: bool | None = None) -> float:
+    """HitRate@k of `model` on `split` (equal to Recall@k with one held-out item per user)."""
+    return evaluate_model(model, split, [k], mask_seen)[f"hit_rate@{k}"]
+
+
+def evaluate_ndcg(model, split, k: int = 10, mask_seen: bool | None = None) -> float:
+    """NDCG@k of `model` on `split` (see `evaluate_model`)."""
+    return evaluate_model(model, split, [k], mask_seen)[f"ndcg@{k}"]
+
+
+def evaluate_mrr(model, split, k: int = 10, mask_seen: bool | None = None) -> float:
+    """MRR@k of `model` on `split` (see `evaluate_model`)."""
+    return evaluate_model(model, split, [k], mask_seen)[f"mrr@{k}"]
+
+
+def _model_ranks(model, split, mask_seen: bool, batch_size: int) -> np.ndarray:
+    """0-based rank of each sample's target among all items, [S]."""
+    from ray_recall.errors import DataError
+    from ray_recall.ranking import embed_all_items
+
+    if hasattr(split, "test") and not hasattr(split, "arrays"):
+        split = split.test
+    if not hasattr(split, "arrays"):
+        raise DataError(f"evaluate: split must be data.test or data.val from generate_seq_features, not {type(split).__name__}")
+    data = split.data
+    if getattr(model, "is_bound", True) is False or model.num_items != data.num_items:
+        raise DataError(f"evaluate: the model is not built for this data ({data.num_items} items): train it with "
+                        "MatchTrainer(model, ...).fit(data.train) or call model.bind(data)")
+    users, pos, targets = split.arrays()
+    was_training = model.training
+    model.eval()
+    try:
+        item_vecs = embed_all_items(model)
+        return rank_targets(model, data.sequences, item_vecs, users, pos, targets, data.max_len, mask_seen,
+                            batch_size)["model"]
+    finally:
+        model.train(was_training)
