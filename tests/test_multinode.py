@@ -15,13 +15,17 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """A head with 1 CPU plus a second node with 1 CPU and its own temp dir, torn down by PID."""
-    head = start_head(num_cpus=1)
+    """A head plus a second node with its own temp dir, 2 logical CPUs each, torn down by PID.
+
+    Each node runs one training worker (1 CPU); the other CPU is for Ray Data, whose read tasks
+    each take a whole CPU: with 1 CPU per node they would wait forever behind the workers.
+    """
+    head = start_head(num_cpus=2)
     node_dir = Path(head.temp_dir) / "node2"
     node_dir.mkdir()
     node_mgr, obj_mgr, metrics, agent_http, agent_grpc, env_agent = free_ports(6)
     lo, hi = worker_port_range()
-    cmd = [RAY, "start", "--address", head.gcs_address, "--block", "--num-cpus", "1", "--temp-dir", str(node_dir),
+    cmd = [RAY, "start", "--address", head.gcs_address, "--block", "--num-cpus", "2", "--temp-dir", str(node_dir),
            "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats",
            "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
            "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
@@ -45,7 +49,7 @@ def two_nodes():
 def test_two_workers_on_two_nodes(two_nodes, tmp_path):
     head = two_nodes
     run_dir = tmp_path / "run"  # the same path on both nodes: the machine's disk is the shared storage
-    cfg = tiny_config(run_dir, **{"train.epochs": 2, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
+    cfg = tiny_config(run_dir, **{"train.epochs": 2, "train.num_workers": 2, "train.cpus_per_worker": 1.0,
                                   "train.placement_strategy": "STRICT_SPREAD", "compute.cpus_per_actor": 0.25})
     config_path = tmp_path / "cfg.yaml"
     config_path.write_text(cfg.to_yaml())
