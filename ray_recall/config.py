@@ -115,7 +115,7 @@ class TrainConfig:
     """Objective, sampling and the Ray Train run."""
 
     mode: str = "listwise"  # pointwise | pairwise | listwise (aliases 0 / 1 / 2)
-    temperature: float = 0.1  # logits are divided by this (point- and list-wise)
+    temperature: float = 0.1  # logits (and BPR margins) are divided by this
     num_negatives: int = 20  # sampled negatives per positive
     sampler: str = "word2vec"  # uniform | word2vec (popularity^0.75) | log_popularity (aliases 0 / 1 / 2)
     in_batch_negatives: bool = False  # list-wise: also use other rows' positives, logQ-corrected

@@ -102,9 +102,11 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
         assert re.search(r"Adding \d+ node\(s\) of type ray\.worker\.cpu", monitor), monitor[-4000:]
 
         # The training workers ran on nodes the autoscaler added (the head has one CPU for both).
+        # Two per worker-group start: Ray Train restarts the group when its workers come up slower than
+        # its start timeout (fake nodes on a loaded machine can), so 4 or 6 is a retry, not a bug.
         actors = head.actors(class_name="RayTrainWorker")
         train_nodes = {a["node_id"] for a in actors}
-        assert len(actors) == 2, actors
+        assert len(actors) >= 2 and len(actors) % 2 == 0, actors
         assert train_nodes & set(seen_workers), (
             f"no Train worker on an added node: workers on {train_nodes}, added {sorted(seen_workers)}")
 
@@ -119,6 +121,6 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
         assert re.search(r"Removing \d+ nodes of type ray\.worker\.cpu \(idle\)", head.session_log("monitor.log", None))
         print(f"\nautoscaling: preprocess (in-process) {preprocess_s}s, fake head up {head_s}s, job {job_s}s; "
               f"workers added at {sorted(seen_workers.values())}s and removed at {sorted(gone_workers.values())}s "
-              f"after submission; peak {peak} nodes")
+              f"after submission; peak {peak} nodes; {len(actors) // 2} worker-group start(s)")
     finally:
         stop_head(head)
