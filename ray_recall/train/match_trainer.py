@@ -32,7 +32,7 @@ class MatchTrainer:
         mode: 0 / "pointwise" (BCE), 1 / "pairwise" (BPR), 2 / "listwise" (sampled softmax).
         optimizer_params: Adam settings: {"lr": ..., "weight_decay": ...}.
         n_epochs: passes over the training samples; the epoch with the best validation metric is kept.
-        temperature: logits are divided by it (point- and list-wise).
+        temperature: logits (point- and list-wise) and BPR margins (pair-wise) are divided by it.
         num_workers: Ray Train workers (DDP; gloo on CPU, NCCL with use_gpu).
         batch_size: global batch size (each worker takes batch_size / num_workers).
         num_negatives: sampled negatives per positive.
