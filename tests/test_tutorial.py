@@ -11,6 +11,7 @@ import pytest
 
 TUTORIAL = os.path.join(os.path.dirname(__file__), "..", "docs", "tutorial.md")
 SAMPLE_USERS = 120  # ~12k ratings: every block runs, including two Ray Train fits, in about a minute
+MAX_EPOCHS = 2  # the tutorial says 10; the blocks run the same, two epochs keep CI short
 
 
 def python_blocks(path: str) -> list[str]:
@@ -30,6 +31,14 @@ def test_tutorial_has_the_workflow_blocks():
 def test_tutorial_runs(ray_session, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TUTORIAL_SAMPLE_USERS", str(SAMPLE_USERS))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # generate_seq_features' default run directory
+    from ray_recall.train import MatchTrainer
+
+    init = MatchTrainer.__init__
+
+    def capped_init(self, *args, n_epochs=None, **kwargs):
+        init(self, *args, n_epochs=min(n_epochs or MAX_EPOCHS, MAX_EPOCHS), **kwargs)
+
+    monkeypatch.setattr(MatchTrainer, "__init__", capped_init)
     namespace: dict = {"__name__": "tutorial"}
     for i, block in enumerate(python_blocks(TUTORIAL)):
         try:

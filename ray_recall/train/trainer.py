@@ -21,6 +21,10 @@ from ray_recall.storage import RunDir
 from ray_recall.train.loop import train_loop_per_worker
 
 
+# Training splits up to this share of the cluster's object store are read into it once per fit (see _train_dataset).
+_CACHE_FRACTION = 0.1
+_SAMPLE_BYTES = 16  # user_idx int64, pos int32, target int32 (data.sequences.SAMPLE_SCHEMA)
+
 # Settings that may change between a run and its resumption without invalidating its checkpoints.
 _RESUMABLE = ("epochs", "early_stopping_patience", "max_failures", "num_workers", "cpus_per_worker",
               "placement_strategy", "use_gpu", "num_threads")
@@ -77,8 +81,9 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
     tc = cfg.train
     cpus = ray.cluster_resources().get("CPU", 0)
     if tc.num_workers * tc.cpus_per_worker >= cpus > 0:
-        log(f"[train] warning: {tc.num_workers} workers x {tc.cpus_per_worker} CPU take all {cpus:g} CPUs; Ray Data's "
-            "read tasks need one too. Lower train.cpus_per_worker (e.g. 0.5) if training does not start.")
+        log(f"[train] note: {tc.num_workers} workers x {tc.cpus_per_worker} CPU take all {cpus:g} CPUs the cluster has now; "
+            "Ray Data's read tasks need one too. On a fixed-size cluster lower train.cpus_per_worker (e.g. 0.5) if "
+            "training does not start; an autoscaling cluster adds nodes for the demand instead.")
     metric = tc.selection_metric
     name = checkpoint_name(cfg)
     start_from = latest_checkpoint(run, name) if resume else None
@@ -86,6 +91,8 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
         run.fs.delete_dir(run.path("checkpoints", name))
     if resume and start_from is None:
         log(f"[train] nothing to resume in {run.uri_of('checkpoints', name)}; training from scratch")
+    t0 = time.perf_counter()
+    train_ds = _train_dataset(run, tc, meta["samples"]["train"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         # Ray Train V2 has no resume_from_checkpoint: the loop loads `resume_from` itself when Ray Train
@@ -101,7 +108,7 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
             failure_config=FailureConfig(max_failures=tc.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
-        datasets={"train": ray.data.read_parquet(run.uri_of("data", "train")).randomize_block_order(seed=tc.seed)},
+        datasets={"train": train_ds},
         # Ordered delivery makes a fit reproducible: the seeded block order and local shuffle then
         # decide every batch, instead of which background read or collate finishes first.
         dataset_config=ray.train.DataConfig(execution_options=_ordered()),
@@ -109,7 +116,6 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
     log(f"[train] {cfg.model.name} ({tc.mode}, {tc.num_negatives} x {tc.sampler} negatives"
         f"{', in-batch' if tc.in_batch_negatives else ''}) on {tc.num_workers} worker(s), {tc.epochs} epochs"
         + (f", resuming from {start_from.path}" if start_from else ""))
-    t0 = time.perf_counter()
     result = trainer.fit()
     seconds = time.perf_counter() - t0
     if result.error:
@@ -138,6 +144,22 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
         f"(of which epochs {epoch_seconds:.1f}s, {summary['samples_per_second']:.0f} samples/s); "
         f"curves in {run.uri_of('model', 'training_curves.png')}")
     return summary
+
+
+def _train_dataset(run: RunDir, tc, num_samples: int) -> ray.data.Dataset:
+    """The training samples in a seeded block order; read once into the object store when they are small.
+
+    A streamed dataset is read from storage again every epoch: a new Ray Data execution (read
+    tasks, split coordinator) costing seconds per epoch on a small machine, which dominates epochs
+    of a few hundred thousand samples. A split that fits in `_CACHE_FRACTION` of the object store
+    is read once, in order, so every epoch sees the same blocks as a streamed one; larger splits
+    stream (nothing grows with the log but the object store, and only up to that bound).
+    """
+    ds = ray.data.read_parquet(run.uri_of("data", "train")).randomize_block_order(seed=tc.seed)
+    if num_samples * _SAMPLE_BYTES <= _CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0):
+        ds.context.execution_options.preserve_order = True  # block order as streamed: reproducible fits
+        ds = ds.materialize()
+    return ds
 
 
 def _ordered():
