@@ -1,5 +1,5 @@
 """Serving: `Recaller` holds the logic; `app` wraps it as a Ray Serve HTTP application."""
 
-from ray_recall.serve.recaller import Recaller, UnknownUserError
+from ray_recall.serve.recaller import InvalidQueryError, Query, Recaller, UnknownUserError
 
-__all__ = ["Recaller", "UnknownUserError"]
+__all__ = ["InvalidQueryError", "Query", "Recaller", "UnknownUserError"]

@@ -1,29 +1,53 @@
 """The Ray Serve recall endpoint: a thin HTTP adapter around `Recaller`.
 
-    POST /recall   {"user_id": 1, "k": 10, "exclude_seen": true}
-                   -> 200 {"user_id": 1, "items": [{"item_id": 50, "score": 0.93, "title": "..."}, ...]}
+    POST /recall   {"user_id": 1, "k": 10, "exclude_seen": true, "exclude": [50]}
+                   {"history": [50, 172, 133], "k": 10}      (original item ids, oldest first)
+                   -> 200 {"user_id": 1 | null, "items": [{"item_id": 50, "score": 0.93, "title": "..."}, ...],
+                           "unknown_items": [...], "batch_size": 3}
                    -> 404 {"detail": "unknown user_id 123: not in this run's users"}
-                   -> 422 {"detail": [{"type": ..., "loc": [...], "msg": ..., "input": ...}, ...]}  (bad body)
-    GET  /healthz  -> 200 {"status": "ok", "run": ..., "index": ..., "metric": ..., "items": ..., "users": ...}
+                   -> 422 {"detail": [{"type": ..., "loc": [...], "msg": ..., "input": ...}, ...]}  (bad body or query)
+    GET  /healthz  -> 200 {"status": "ok", "run": ..., "model": ..., "index": ..., "items": ..., "users": ..., ...}
+
+Concurrent requests are answered in batches (`@serve.batch`): one user-tower pass over the batch's
+histories and one FAISS search for all of its vectors; `batch_size` says how many requests shared it.
+The run is the deployment's `user_config` ({"run_dir": ...}): changing it (`serve deploy` of a config
+whose `user_config.run_dir` changed) makes every replica load the new run completely, then swap it in;
+requests in flight finish on the old one, none fails. A run that fails to load is never swapped in
+(healthz then shows `reload_error`).
 
 Start it with `ray-recall serve --run-dir runs/x`, `python jobs/serve.py --run-dir runs/x`,
 `serve run ray_recall.serve.app:app_builder run_dir=runs/x`, or a Serve config file whose
-`import_path` is `ray_recall.serve.app:app_builder` with `args: {run_dir: ..., replicas: ...}`.
+`import_path` is `ray_recall.serve.app:app_builder` with `args: {run_dir: ..., replicas: ...}` (see BUILD_ARGS).
 """
 
+import asyncio
 import json
+import logging
 import os
 import signal
 import threading
-from typing import Union
+from typing import Optional, Union
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 from ray import serve
 
-from ray_recall.serve.recaller import Recaller, UnknownUserError
+from ray_recall.serve.recaller import UNKNOWN_ITEMS, InvalidQueryError, Query, Recaller, UnknownUserError
 
 APP_NAME = "ray_recall"
+MAX_K = 1000
+MAX_EXCLUDE = 10_000
+
+# Build arguments of `app_builder` / `build_app` and their defaults.
+BUILD_ARGS = {
+    "run_dir": None,              # the run to serve (absolute path or URI); becomes user_config {"run_dir": ...}
+    "replicas": 1,                # replica count (a config's num_replicas / autoscaling_config overrides it)
+    "max_batch_size": 16,         # most requests answered by one user-tower pass and one index search
+    "batch_wait_timeout_s": 0.005,  # how long the first request of a batch waits for others
+    "unknown_items": "ignore",    # history items outside the run: "ignore" (reported) or "error" (422)
+    "max_history": 1000,          # longest history accepted, in items
+}
 
 # Original ids are ints or strings. Strict types so that JSON true, 1.5 or null is a 422
 # rather than silently becoming user 1 or "None".
@@ -35,9 +59,21 @@ class RecallRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: UserId = Field(description="original user id, as in the interaction log")
-    k: StrictInt = Field(10, ge=1, le=1000, description="number of items to return")
-    exclude_seen: StrictBool = Field(True, description="drop items already in the user's history")
+    # Defaults are None but an explicit null is still a 422: Pydantic does not validate defaults.
+    user_id: UserId = Field(None, description="original user id, as in the interaction log (or give history)")
+    history: list[UserId] = Field(None, description="original item ids, oldest first, for a user the run need "
+                                                    "not know (or give user_id)")
+    k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of items to return")
+    exclude_seen: StrictBool = Field(True, description="drop the user's known items, or the history's items")
+    exclude: list[UserId] = Field(default_factory=list, max_length=MAX_EXCLUDE,
+                                  description="original item ids never returned")
+
+    @model_validator(mode="after")
+    def _one_of_user_or_history(self):
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of user_id (a user of this run) or history (original item ids, "
+                             "oldest first)")
+        return self
 
 
 class RecalledItem(BaseModel):
@@ -47,35 +83,101 @@ class RecalledItem(BaseModel):
 
 
 class RecallResponse(BaseModel):
-    user_id: UserId
+    user_id: Optional[UserId] = Field(description="as sent; null for a history query")
     items: list[RecalledItem]
+    unknown_items: list[UserId] = Field(description="history items not in the run, ignored (as sent)")
+    batch_size: int = Field(description="requests answered together with this one (one model pass, one search)")
 
 
-fastapi_app = FastAPI(title="ray_recall", description="Top-K recall for the users of a trained run.")
+fastapi_app = FastAPI(title="ray_recall", description="Top-K recall for the users of a trained run, or for a history.")
 
 
-@serve.deployment
+# Defined before the deployment: Serve pickles the class when it is decorated, with the globals it sees then.
+def _run_dir_of(user_config) -> str:
+    if not isinstance(user_config, dict) or set(user_config) != {"run_dir"} or not isinstance(user_config["run_dir"], str):
+        raise ValueError(f"RecallDeployment's user_config must be {{\"run_dir\": <run directory>}}, got {user_config!r}")
+    run_dir = user_config["run_dir"]
+    if "://" in run_dir:
+        return run_dir
+    if not os.path.isabs(run_dir):
+        raise ValueError(f"user_config run_dir {run_dir!r} must be an absolute path or a URI: replicas do not run "
+                         "in your working directory")
+    return os.path.normpath(run_dir)  # as RunDir names it, to tell whether it is already loaded
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(fastapi_app)
 class RecallDeployment:
-    """One replica: loads the run once in `__init__`, then answers requests from memory."""
+    """One replica: loads the run named by its user_config, then answers requests from memory in batches."""
 
-    def __init__(self, run_dir: str):
-        # Recaller also pins FAISS to one OpenMP thread: concurrent requests are the parallelism.
-        self.recaller = Recaller(run_dir)
+    def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005, unknown_items: str = "ignore",
+                 max_history: int = 1000):
+        import torch
+
+        # Replicas share the node's cores: concurrent requests are the parallelism (Recaller pins FAISS likewise).
+        torch.set_num_threads(1)
+        self.settings = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s,
+                         "unknown_items": unknown_items, "max_history": max_history}
+        self._batch.set_max_batch_size(max_batch_size)
+        self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.recaller: Recaller | None = None  # set by reconfigure, which Serve calls right after __init__
+        self.reload_error: str | None = None  # why the last run switch failed, while the previous run serves
+        self._swap = asyncio.Lock()
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """user_config {"run_dir": ...}: load that run completely, then swap it in (a no-op if it is already loaded).
+
+        A run that fails to load is never swapped in. At start-up that fails the replica (Serve reports it);
+        on a running replica the current run stays in service and healthz shows the error as "reload_error",
+        so that a bad path or a half-written run cannot take a serving endpoint down.
+        """
+        async with self._swap:
+            try:
+                run_dir = _run_dir_of(user_config)
+                if self.recaller is not None and self.recaller.run.uri == run_dir:
+                    return
+                # Off the event loop: requests keep being answered by the current run meanwhile.
+                loaded = await asyncio.to_thread(Recaller, run_dir, unknown_items=self.settings["unknown_items"],
+                                                 max_history=self.settings["max_history"])
+            except Exception as e:
+                if self.recaller is None:
+                    raise
+                self.reload_error = f"user_config {user_config!r}: {type(e).__name__}: {e}"
+                logging.getLogger("ray.serve").error("recall: still serving %s; %s", self.recaller.run.uri,
+                                                     self.reload_error)
+                return
+            self.recaller, self.reload_error = loaded, None
 
     @fastapi_app.post("/recall", response_model=RecallResponse)
-    def recall(self, req: RecallRequest) -> dict:
-        """RecallRequest -> {"user_id": as sent, "items": [{"item_id", "score", "title"}, ...]}, best first."""
-        try:
-            items = self.recaller.recall(req.user_id, req.k, exclude_seen=req.exclude_seen)
-        except UnknownUserError as e:
-            raise HTTPException(status_code=404, detail=str(e)) from None
-        return {"user_id": req.user_id, "items": items}
+    async def recall(self, req: RecallRequest) -> dict:
+        """RecallRequest -> {"user_id", "items": [{"item_id", "score", "title"}, ...] best first, "unknown_items", "batch_size"}."""
+        query = Query(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
+                      exclude=req.exclude)
+        result, batch_size = await self._batch(query)
+        if isinstance(result, UnknownUserError):
+            raise HTTPException(status_code=404, detail=str(result))
+        if isinstance(result, InvalidQueryError):
+            # The same shape as FastAPI's own 422s, so clients parse one format.
+            raise RequestValidationError([{"type": "value_error", "loc": ("body", result.field), "msg": str(result),
+                                           "input": getattr(req, result.field, None)}])
+        return {"user_id": req.user_id, **result, "batch_size": batch_size}
+
+    # Sizes here are placeholders: __init__ applies the build args.
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _batch(self, queries: list[Query]) -> list[tuple]:
+        """Queries -> [(result or error, batch size)]: one model pass and one index search, off the event loop."""
+        recaller = self.recaller  # one run for the whole batch, even if a reload swaps it meanwhile
+        results = await asyncio.to_thread(recaller.recall_batch, queries)
+        return [(r, len(queries)) for r in results]
 
     @fastapi_app.get("/healthz")
     def healthz(self) -> dict:
-        """-> {"status": "ok", "run": <run dir>, "index": <factory>, "metric", "items", "users"}."""
-        return {"status": "ok", **self.recaller.info}
+        """-> {"status": "ok", "run": <run dir>, "model", "index": <factory>, "metric", "items", "users", "interests",
+        "history_queries", "max_history", "unknown_items", "max_batch_size", "batch_wait_timeout_s", "replica",
+        "reload_error": null or why the last switch to another run failed}."""
+        return {"status": "ok", **self.recaller.info, **self.settings, "replica": self.replica,
+                "reload_error": self.reload_error}
 
 
 def _resolve(run_dir: str) -> str:
@@ -83,16 +185,46 @@ def _resolve(run_dir: str) -> str:
     return run_dir if "://" in run_dir else os.path.abspath(os.path.expanduser(run_dir))
 
 
-def build_app(run_dir: str, replicas: int = 1):
-    """Run directory (local path or URI), replica count -> the bound Serve application."""
-    return RecallDeployment.options(num_replicas=replicas, ray_actor_options={"num_cpus": 0.5}).bind(_resolve(run_dir))
+def build_app(run_dir: str, replicas: int = 1, *, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005,
+              unknown_items: str = "ignore", max_history: int = 1000):
+    """Run directory (local path or URI), replica count, batching and history settings -> the bound Serve application.
+
+    The run goes into the deployment's user_config, so that a new run_dir there is a hot reload.
+    """
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise ValueError(f"replicas={replicas!r} must be an integer >= 1")
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+        raise ValueError(f"max_batch_size={max_batch_size!r} must be an integer >= 1")
+    if isinstance(batch_wait_timeout_s, bool) or not isinstance(batch_wait_timeout_s, (int, float)) or batch_wait_timeout_s < 0:
+        raise ValueError(f"batch_wait_timeout_s={batch_wait_timeout_s!r} must be a number >= 0 (seconds)")
+    if unknown_items not in UNKNOWN_ITEMS:
+        raise ValueError(f"unknown_items={unknown_items!r}; choose one of {list(UNKNOWN_ITEMS)}")
+    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
+        raise ValueError(f"max_history={max_history!r} must be an integer >= 1")
+    # Room for one batch being computed while the next one fills.
+    options = dict(num_replicas=replicas, user_config={"run_dir": _resolve(run_dir)},
+                   max_ongoing_requests=max(2 * max_batch_size, 5))
+    return RecallDeployment.options(**options).bind(max_batch_size=max_batch_size,
+                                                    batch_wait_timeout_s=float(batch_wait_timeout_s),
+                                                    unknown_items=unknown_items, max_history=max_history)
 
 
 def app_builder(args: dict):
-    """Serve application builder: {"run_dir": ..., "replicas": 1} (from `serve run ... run_dir=...` or a config)."""
+    """Serve application builder: {"run_dir": ..., "replicas": 1, ...} (see BUILD_ARGS) from `serve run ... run_dir=...`
+    or a config. Values given on the `serve run` command line arrive as strings and are converted."""
+    unknown = sorted(set(args) - set(BUILD_ARGS))
+    if unknown:
+        raise ValueError(f"ray_recall.serve.app:app_builder has no argument {unknown[0]!r}; accepted: {list(BUILD_ARGS)}")
     if "run_dir" not in args:
         raise ValueError("ray_recall.serve.app:app_builder needs run_dir=<run directory>")
-    return build_app(args["run_dir"], int(args.get("replicas", 1)))
+    kw = {k: args.get(k, default) for k, default in BUILD_ARGS.items()}
+    for key, cast in (("replicas", int), ("max_batch_size", int), ("max_history", int), ("batch_wait_timeout_s", float)):
+        if isinstance(kw[key], str):
+            try:
+                kw[key] = cast(kw[key])
+            except ValueError:
+                raise ValueError(f"{key}={kw[key]!r} is not a number") from None
+    return build_app(kw.pop("run_dir"), kw.pop("replicas"), **kw)
 
 
 def serve_forever(run_dir: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1) -> None:

@@ -1,0 +1,461 @@
+"""The endpoint's features over real HTTP against real Serve apps.
+
+History queries (the user tower runs in the replica), user queries, `exclude`, bad input (4xx,
+never 500), request batching, a multi-interest model, strict unknown items, and hot reload of the
+run through the deployment's user_config without a failed request.
+
+Two apps share one Serve instance, deployed the way `serve deploy` does it (a declarative config
+applied by the controller), so that the reload test exercises an in-place user_config update:
+
+    /      the trained DSSM run; batches wait up to 50 ms so that concurrent requests share one.
+           The reload test switches it to another run (a DSSM without history input, an HNSW
+           index) and back.
+    /mi    a ComiRec (multi-interest) run derived from it; unknown history items are an error;
+           max_history 50
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+
+from ray_recall import batch as B
+
+K = 7
+IMPORT_PATH = "ray_recall.serve.app:app_builder"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------- runs
+
+
+def _derive_run(src: str, dst: str, name: str, params: dict, dim: int = 32, factory: str = "Flat") -> str:
+    """A copy of `src` with a fresh (untrained, seeded) `name` model, its item and user embeddings
+    (computed as the embed job does) and a `factory` index: a complete run for another model, in seconds."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from ray_recall.checkpoint import model_payload, save_payload
+    from ray_recall.data.preprocess import load_schema, load_sequences
+    from ray_recall.embed import _interests, _vectors_table, read_embeddings
+    from ray_recall.index import VectorIndex
+    from ray_recall.models import build_model
+    from ray_recall.storage import RunDir
+    from ray_recall.train.batches import user_batch
+
+    shutil.copytree(src, dst)
+    run = RunDir(dst)
+    schema = load_schema(run)
+    torch.manual_seed(0)
+    model = build_model(name, schema, dim, params).eval()
+    save_payload(model_payload(model, name, dim, params), run, "model", "model.pt")
+    users, _ = read_embeddings(run, "users")
+    items = np.arange(1, schema.num_items + 1)
+    seqs = load_sequences(run, schema.num_users)
+    with torch.no_grad():
+        item_vecs = model.encode_item({B.ITEM: torch.from_numpy(items)}).numpy()
+        user_vecs = model.encode_user(user_batch(seqs, users, seqs.length(users), schema.max_len)).numpy()
+    shutil.rmtree(f"{dst}/embeddings")
+    for side, key, ids, vecs in (("items", "item_idx", items, item_vecs), ("users", "user_idx", users, user_vecs)):
+        os.makedirs(f"{dst}/embeddings/{side}")
+        pq.write_table(_vectors_table(key, ids, vecs), f"{dst}/embeddings/{side}/part-0.parquet")
+    run.write_json({"dim": dim, "interests": _interests(model), "num_items": schema.num_items,
+                    "num_users": int(len(users)), "seconds": 0.0}, "embeddings", "meta.json")
+    metric = run.read_json("index", "meta.json")["metric"]
+    VectorIndex(factory, metric).fit(item_vecs, items).save(run)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def runs(trained_run, tmp_path_factory):
+    """{"main", "mi", "reload_b"}: absolute run directories."""
+    main = str(trained_run[0].run_dir)
+    base = tmp_path_factory.mktemp("serve_features")
+    return {
+        "main": main,
+        "mi": _derive_run(main, str(base / "comirec"), "comirec", {"num_interests": 3}),
+        "reload_b": _derive_run(main, str(base / "nohist_hnsw"), "dssm",
+                                {"feature_dim": 16, "hidden_units": [64], "use_history": False}, factory="HNSW16"),
+    }
+
+
+# ------------------------------------------------------------------------------- the Serve apps
+
+
+def _app(name: str, route: str, run_dir: str, **args) -> dict:
+    return {"name": name, "route_prefix": route, "import_path": IMPORT_PATH, "args": {"run_dir": run_dir, **args}}
+
+
+def _deploy(config: dict) -> None:
+    """What `serve deploy config.yaml` does, minus the dashboard: the controller applies the config."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+
+
+def _wait_ready(url: str, routes: list[str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    for route in routes:
+        while True:
+            try:
+                if requests.get(f"{url}{route}/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:  # the proxy may hold a request until the replica is up
+                pass
+            if time.monotonic() > deadline:
+                from ray import serve
+
+                raise RuntimeError(f"{url}{route} not ready after {timeout} s: {serve.status()}")
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def serve_config(runs):
+    """(base URL, the deployed config): two apps on a free port, Serve shut down afterwards."""
+    from ray import serve
+
+    port = _free_port()
+    config = {
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            _app("rr_main", "/", runs["main"], batch_wait_timeout_s=0.05),
+            _app("rr_mi", "/mi", runs["mi"], unknown_items="error", max_history=50),
+        ],
+    }
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        _deploy(config)
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, ["", "/mi"])
+        yield url, config
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def url(serve_config):
+    return serve_config[0]
+
+
+def _post(url, body, route=""):
+    return requests.post(f"{url}{route}/recall", json=body, timeout=60)
+
+
+# ------------------------------------------------------------------------------- offline reference
+
+
+@functools.lru_cache(maxsize=None)
+def _offline(run_dir: str):
+    """(model, index, item vocab, user vocab, stored user vectors by dense id, max_len), loaded in-process."""
+    from ray_recall.checkpoint import load_run_model
+    from ray_recall.data.preprocess import load_items, load_user_ids
+    from ray_recall.embed import read_embeddings
+    from ray_recall.index import VectorIndex
+    from ray_recall.storage import RunDir
+
+    run = RunDir(run_dir)
+    model, schema = load_run_model(run)
+    ids, vecs = read_embeddings(run, "users")
+    return (model, VectorIndex.load(run), load_items(run)["raw_id"].to_numpy(), load_user_ids(run),
+            dict(zip(ids.tolist(), vecs)), schema.max_len)
+
+
+def _dense(vocab, raw) -> np.ndarray:
+    from ray_recall.data.vocab import lookup
+
+    return lookup(np.asarray(vocab), np.asarray(list(raw))) if len(raw) else np.zeros(0, np.int64)
+
+
+def _rank(run_dir, vec, k, drop) -> list[tuple]:
+    """Full ranking of the run's index for vec ([D] or [K, D]), minus `drop` (dense ids) -> [(original id, score)] top k."""
+    _, index, items, *_ = _offline(run_dir)
+    ids, scores = index.query(vec, len(index))
+    drop = set(drop)
+    out = [(i, s) for i, s in zip(ids.tolist(), scores.tolist()) if i > 0 and i not in drop][:k]
+    return [(items[i - 1].item(), s) for i, s in out]
+
+
+def offline_history(run_dir, history, k=K, exclude_seen=True, exclude=()) -> list[tuple]:
+    """Encode the history with the run's model in-process, query the run's index."""
+    import torch
+
+    model, _, items, _, _, max_len = _offline(run_dir)
+    known = _dense(items, history)
+    known = known[known > 0]
+    hist = np.zeros((1, max_len), np.int64)
+    tail = known[-max_len:]
+    hist[0, :len(tail)] = tail
+    with torch.no_grad():
+        vec = model.encode_user({B.USER: torch.zeros(1, dtype=torch.int64), B.HIST: torch.from_numpy(hist),
+                                 B.HIST_LEN: torch.tensor([len(tail)])})[0].numpy()
+    drop = set(known.tolist()) if exclude_seen else set()
+    return _rank(run_dir, vec, k, drop | set(_dense(items, exclude).tolist()))
+
+
+def offline_user(run_dir, user, k=K, exclude_seen=True, exclude=()) -> list[tuple]:
+    """The user's stored vector (embedding job), the run's index, the user's known items dropped."""
+    from ray_recall.data.preprocess import load_meta, load_sequences
+    from ray_recall.storage import RunDir
+
+    _, _, items, users, vecs, _ = _offline(run_dir)
+    d = int(_dense(users, [user])[0])
+    run = RunDir(run_dir)
+    seen = load_sequences(run, load_meta(run)["num_users"]).sequence(d).tolist() if exclude_seen else []
+    return _rank(run_dir, vecs[d], k, set(seen) | set(_dense(items, exclude).tolist()))
+
+
+def _ids(run_dir):
+    """(a few original user ids, every original item id) of a run, as plain Python values."""
+    _, _, items, users, vecs, _ = _offline(run_dir)
+    with_vec = [users[d - 1] for d in sorted(vecs)]
+    picks = [with_vec[i] for i in (0, len(with_vec) // 3, 2 * len(with_vec) // 3, len(with_vec) - 1)]
+    return [u.item() if hasattr(u, "item") else u for u in picks], [i.item() if hasattr(i, "item") else i for i in items]
+
+
+def _histories(run_dir, n, length=8, seed=0) -> list[list]:
+    rng = np.random.default_rng(seed)
+    _, items = _ids(run_dir)
+    return [rng.choice(items, length, replace=False).tolist() for _ in range(n)]
+
+
+def _assert_same(got: list[dict], want: list[tuple]):
+    assert [g["item_id"] for g in got] == [w[0] for w in want]
+    for g, w in zip(got, want):
+        assert g["score"] == pytest.approx(w[1], abs=1e-4)
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_history_query_matches_offline(url, runs):
+    run = runs["main"]
+    longer_than_max_len = _histories(run, 1, length=30, seed=7)  # the model reads the last 20
+    for history in _histories(run, 3) + longer_than_max_len:
+        r = _post(url, {"history": history, "k": K})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["user_id"] is None and body["unknown_items"] == []
+        _assert_same(body["items"], offline_history(run, history))
+        assert not set(history) & {it["item_id"] for it in body["items"]}
+    history = _histories(run, 1, seed=1)[0]
+    r = _post(url, {"history": history, "k": K, "exclude_seen": False})
+    assert r.status_code == 200, r.text
+    _assert_same(r.json()["items"], offline_history(run, history, exclude_seen=False))
+
+
+def test_unknown_history_items_are_ignored_and_reported(url, runs):
+    run = runs["main"]
+    history = _histories(run, 1, seed=2)[0]
+    sent = ["no-such-item", history[0], -5, *history[1:], "no-such-item"]
+    r = _post(url, {"history": sent, "k": K})
+    assert r.status_code == 200, r.text
+    assert r.json()["unknown_items"] == ["no-such-item", -5]
+    _assert_same(r.json()["items"], offline_history(run, history))
+
+
+def test_user_query_matches_offline(url, runs):
+    run = runs["main"]
+    users, _ = _ids(run)
+    for user in users:
+        r = _post(url, {"user_id": user, "k": K})
+        assert r.status_code == 200, r.text
+        assert r.json()["user_id"] == user
+        _assert_same(r.json()["items"], offline_user(run, user))
+    r = _post(url, {"user_id": users[0], "k": K, "exclude_seen": False})
+    _assert_same(r.json()["items"], offline_user(run, users[0], exclude_seen=False))
+
+
+def test_exclude_removes_items(url, runs):
+    run = runs["main"]
+    user = _ids(run)[0][1]
+    history = _histories(run, 1, seed=3)[0]
+    for query, offline in (({"user_id": user}, functools.partial(offline_user, run, user)),
+                           ({"history": history}, functools.partial(offline_history, run, history))):
+        before = [it["item_id"] for it in _post(url, {**query, "k": 10}).json()["items"]]
+        exclude = [before[0], before[3], before[6], "no-such-item"]
+        r = _post(url, {**query, "k": 10, "exclude": exclude})
+        assert r.status_code == 200, r.text
+        after = [it["item_id"] for it in r.json()["items"]]
+        assert len(after) == 10 and not set(exclude) & set(after)
+        assert [i for i in before if i not in exclude] == after[:7]  # the rest keep their order, others move up
+        _assert_same(r.json()["items"], offline(k=10, exclude=exclude))
+
+
+def test_multi_interest_model_concurrent_queries_match_offline(url, runs):
+    """ComiRec ([B, K, D] users): every interest searched and merged, stored and encoded users in the same batches."""
+    run = runs["mi"]
+    users, _ = _ids(run)
+    queries = [({"user_id": u, "k": K}, functools.partial(offline_user, run, u)) for u in users]
+    queries += [({"history": h, "k": K}, functools.partial(offline_history, run, h)) for h in _histories(run, 4, seed=4)]
+    with ThreadPoolExecutor(len(queries)) as pool:
+        responses = list(pool.map(lambda q: _post(url, q[0], "/mi"), queries))
+    for (body, offline), r in zip(queries, responses):
+        assert r.status_code == 200, r.text
+        items = r.json()["items"]
+        assert len({it["item_id"] for it in items}) == K  # merged without duplicates
+        _assert_same(items, offline())
+    health = requests.get(f"{url}/mi/healthz", timeout=30).json()
+    assert health["model"] == "comirec" and health["interests"] == 3
+
+
+def test_concurrent_requests_are_batched(url, runs):
+    """16 simultaneous history queries: some share one model pass and search, and every answer is still its own."""
+    run = runs["main"]
+    histories = _histories(run, 16, seed=5)
+    sizes = []
+    for _ in range(3):  # a loaded machine may spread one round's arrivals beyond the 50 ms window
+        start = threading.Barrier(len(histories))
+
+        def ask(history):
+            start.wait()
+            return _post(url, {"history": history, "k": K})
+
+        with ThreadPoolExecutor(len(histories)) as pool:
+            responses = list(pool.map(ask, histories))
+        for history, r in zip(histories, responses):
+            assert r.status_code == 200, r.text
+            _assert_same(r.json()["items"], offline_history(run, history))
+        sizes = [r.json()["batch_size"] for r in responses]
+        if max(sizes) > 1:
+            break
+    assert max(sizes) > 1, f"no request was batched with another: batch sizes {sizes}"
+    assert max(sizes) <= 16  # max_batch_size
+
+
+def _bad_cases():
+    """(id, route, body (or raw bytes) given (users, items), status, text the answer must contain)."""
+    def h(n=3):
+        return lambda users, items: {"history": items[:n]}
+
+    return [
+        ("history-empty", "", lambda u, i: {"history": []}, 422, "history is empty"),
+        ("history-too-long", "", lambda u, i: {"history": (i * 6)[:1001]}, 422, "at most 1000"),
+        ("history-too-long-configured", "/mi", lambda u, i: {"history": i[:51]}, 422, "at most 50"),
+        ("history-all-unknown", "", lambda u, i: {"history": ["no-such-item", -5]}, 422, "none of the history"),
+        ("history-unknown-strict", "/mi", lambda u, i: {"history": [i[0], "no-such-item", -5]}, 422, "'no-such-item', -5"),
+        ("history-null", "", lambda u, i: {"history": None}, 422, '"history"'),
+        ("history-not-list", "", lambda u, i: {"history": i[0]}, 422, '"history"'),
+        ("history-bool", "", lambda u, i: {"history": [i[0], True]}, 422, '"history"'),
+        ("history-float", "", lambda u, i: {"history": [1.5]}, 422, '"history"'),
+        ("history-nested", "", lambda u, i: {"history": [[i[0]]]}, 422, '"history"'),
+        ("user-and-history", "", lambda u, i: {"user_id": u[0], "history": i[:3]}, 422, "exactly one"),
+        ("neither", "", lambda u, i: {"k": 5}, 422, "exactly one"),
+        ("k0-history", "", lambda u, i: {**h()(u, i), "k": 0}, 422, '"k"'),
+        ("k1001-history", "", lambda u, i: {**h()(u, i), "k": 1001}, 422, '"k"'),
+        ("k-str-history", "", lambda u, i: {**h()(u, i), "k": "5"}, 422, '"k"'),
+        ("exclude-not-list", "", lambda u, i: {"user_id": u[0], "exclude": i[0]}, 422, '"exclude"'),
+        ("exclude-nested", "", lambda u, i: {"user_id": u[0], "exclude": [[i[0]]]}, 422, '"exclude"'),
+        ("exclude-too-long", "", lambda u, i: {"user_id": u[0], "exclude": list(range(10_001))}, 422, '"exclude"'),
+        ("exclude-seen-str", "", lambda u, i: {**h()(u, i), "exclude_seen": "yes"}, 422, '"exclude_seen"'),
+        ("extra-key", "", lambda u, i: {**h()(u, i), "topk": 5}, 422, '"topk"'),
+        ("unknown-user", "", lambda u, i: {"user_id": "no-such-user"}, 404, "'no-such-user'"),
+        ("unknown-user-mi", "/mi", lambda u, i: {"user_id": 987654321}, 404, "987654321"),
+        ("malformed-json", "", lambda u, i: b'{"history": [1, 2', 422, "json_invalid"),
+        ("body-is-list", "", lambda u, i: [i[0]], 422, '"body"'),
+    ]
+
+
+@pytest.mark.parametrize("route,make,status,text", [c[1:] for c in _bad_cases()], ids=[c[0] for c in _bad_cases()])
+def test_bad_input_is_4xx_with_a_message(url, runs, route, make, status, text):
+    users, items = _ids(runs["main"])
+    body = make(users, items)
+    if isinstance(body, bytes):
+        r = requests.post(f"{url}{route}/recall", data=body, headers={"content-type": "application/json"}, timeout=60)
+    else:
+        r = _post(url, body, route)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert detail
+    if isinstance(detail, list):  # FastAPI's validation shape, for the endpoint's own 422s too
+        assert all(d["msg"] and d["loc"] for d in detail)
+    assert text in json.dumps(detail), detail
+
+
+def _switch(url, config, run_dir, done, what, timeout=90) -> dict:
+    """Deploy `config` with the main app's user_config pointing at `run_dir` (None: back to the build args'
+    run), then wait until its healthz satisfies `done`; -> that healthz."""
+    apps = [dict(a) for a in config["applications"]]
+    if run_dir is not None:
+        apps[0]["deployments"] = [{"name": "RecallDeployment", "user_config": {"run_dir": run_dir}}]
+    _deploy({**config, "applications": apps})
+    deadline = time.monotonic() + timeout
+    while not done(health := requests.get(f"{url}/healthz", timeout=30).json()):
+        assert time.monotonic() < deadline, f"{what} within {timeout} s: {health}"
+        time.sleep(0.2)
+    return health
+
+
+def test_hot_reload_under_load_fails_no_request(serve_config, runs):
+    """Point the app at another run (a user_config change, applied in place) while a client keeps asking.
+
+    The new run has another model (a DSSM that does not read histories) and another index (HNSW):
+    afterwards healthz names it, user answers come from its vectors and index, history queries are
+    the 422 of a model that cannot encode a history. Then a run that cannot be loaded: the replica
+    keeps serving. Finally the app goes back to its original run for the other tests.
+    """
+    url, config = serve_config
+    before = requests.get(f"{url}/healthz", timeout=30).json()
+    assert before["run"] == runs["main"] and before["index"] == "Flat" and before["history_queries"]
+    users, items = _ids(runs["main"])
+    stop, failures, statuses = threading.Event(), [], []
+
+    def client():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            try:
+                r = _post(url, {"user_id": users[i % len(users)], "k": K})
+                statuses.append(r.status_code)
+                if r.status_code != 200 or len(r.json()["items"]) != K:
+                    failures.append(r.text)
+            except requests.RequestException as e:
+                failures.append(repr(e))
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)
+        served_before = len(statuses)
+        after = _switch(url, config, runs["reload_b"], lambda h: h["run"] == runs["reload_b"], "no switch to the new run")
+        served_at_swap = len(statuses)
+        time.sleep(1.0)  # keep asking the new run for a while
+        stop.set()
+        thread.join(60)
+        assert failures == [], failures[:3]
+        assert 0 < served_before < served_at_swap < len(statuses), "the client did not keep asking during the reload"
+        assert after["index"] == "HNSW16" and after["model"] == "dssm" and not after["history_queries"]
+        assert after["items"] == before["items"] and after["reload_error"] is None
+        assert after["replica"] == before["replica"], "the replica was replaced instead of reconfigured in place"
+        for user in users:
+            r = _post(url, {"user_id": user, "k": K})
+            _assert_same(r.json()["items"], offline_user(runs["reload_b"], user))
+        r = _post(url, {"history": items[:3]})
+        assert r.status_code == 422 and "use_history=False" in r.json()["detail"][0]["msg"], r.text
+
+        # A run that cannot be loaded is never swapped in: the replica keeps serving the current one.
+        missing = runs["reload_b"] + "-missing"
+        health = _switch(url, config, missing, lambda h: h["reload_error"], "the failed reload was not reported")
+        assert missing in health["reload_error"] and health["run"] == runs["reload_b"], health
+        assert health["replica"] == before["replica"]
+        r = _post(url, {"user_id": users[0], "k": K})
+        assert r.status_code == 200, r.text
+        _assert_same(r.json()["items"], offline_user(runs["reload_b"], users[0]))
+    finally:
+        stop.set()
+        _switch(url, config, None, lambda h: h["run"] == runs["main"], "no switch back to the original run")
