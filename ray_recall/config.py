@@ -75,11 +75,13 @@ class DataConfig:
     max_len: int = 50  # history window: the most recent max_len items before a target
     min_user_interactions: int = 3  # users with fewer are dropped (and counted); 3 = one train, val, test each
     num_partitions: int = 4  # hash partitions of the log by user when building sequences
+    duplicates: str = "drop"  # rows repeating a (user, item, timestamp): drop (counted in data/meta.json) | error
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when source == synthetic
 
     def __post_init__(self):
         _check_choice("data.source", self.source, ("movielens", "table", "synthetic"))
         _check_choice("data.format", self.format, ("auto", "parquet", "csv"))
+        _check_choice("data.duplicates", self.duplicates, ("drop", "error"))
         if self.source == "table" and not self.path:
             raise ConfigError("data.path is required when data.source='table'")
         _check_positive("data.max_len", self.max_len)

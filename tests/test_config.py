@@ -25,6 +25,7 @@ def test_defaults_and_yaml_round_trip(tmp_path):
     ({"data": {"source": "hive"}}, "data.source='hive' is not allowed"),
     ({"data": {"source": "table"}}, "data.path is required"),
     ({"data": {"min_user_interactions": 2}}, "data.min_user_interactions=2 must be >= 3"),
+    ({"data": {"duplicates": "keep"}}, "data.duplicates='keep' is not allowed; choose one of ['drop', 'error']"),
     ({"eval": {"ks": [10, -5]}}, "eval.ks contains -5"),
     ({"index": {"metric": "manhattan"}}, "index.metric='manhattan' is not allowed"),
     ({"train": {"num_negatives": 0}}, "needs train.in_batch_negatives"),

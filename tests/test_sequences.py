@@ -3,9 +3,11 @@
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 
 from ray_recall.data import sequences as S
 from ray_recall.data.synthetic import generate
+from ray_recall.errors import DataError
 
 
 def _encoded(seed=0, users=40, items=30):
@@ -99,3 +101,26 @@ def test_seen_before_and_train_keys():
     keys = table.train_positive_keys(n_items)
     expect = sorted({u * (n_items + 1) + i for u, s in ref.items() for i in s[:-2]})
     assert keys.tolist() == expect
+
+
+def test_duplicate_rows_dropped_and_counted():
+    rows = [(1, 10, 5.0), (1, 10, 5.0), (1, 11, 6.0), (1, 12, 7.0), (1, 10, 5.0),  # two repeats of (1, 10, 5)
+            (2, 10, 5.0), (2, 10, 6.0), (2, 11, 7.0),  # the same item again later is not a duplicate
+            (3, 1, 1.0), (3, 1, 1.0), (3, 2, 2.0)]  # two distinct rows: dropped as too short
+    df = pd.DataFrame(rows, columns=["user_idx", "item_idx", "timestamp"]).astype({"item_idx": np.int32})
+    for order in (df, df.iloc[::-1], df.sample(frac=1.0, random_state=0)):
+        out = S.build_sequences(_table(order), min_len=3).to_pandas()
+        assert out["user_idx"].tolist() == [1, 2]
+        assert [list(x) for x in out["items"]] == [[10, 11, 12], [10, 10, 11]]
+        assert out["length"].tolist() == [3, 3] and out["duplicates"].tolist() == [2, 0]
+
+
+def test_duplicate_rows_error_names_the_row():
+    df = pd.DataFrame({"user_idx": [1, 1, 2, 2, 2, 2], "item_idx": np.array([1, 2, 1, 2, 3, 2], np.int32),
+                       "timestamp": [1.0, 2, 1, 2, 3, 2]})
+    with pytest.raises(DataError, match=r"log\.parquet: duplicate rows .* user 'u2', item 502, timestamp 2"):
+        S.build_sequences(_table(df), duplicates="error", source="table log.parquet",
+                          user_vocab=np.array(["u1", "u2"]), item_vocab=np.array([501, 502, 503]))
+    # Without duplicates, error mode builds the same sequences as drop mode.
+    clean = df.iloc[:5]
+    assert S.build_sequences(_table(clean), duplicates="error").equals(S.build_sequences(_table(clean)))

@@ -88,12 +88,18 @@ def test_table_with_column_mapping_and_inline_features(tmp_path, fmt):
 
 
 def _expect_error(tmp_path, cfg, *needles):
+    """The stage fails with a DataError naming each needle, and the run's previous data/ is left as it was."""
     run = RunDir(cfg.run_dir)
+    run.write_json({"previous": True}, "data", "meta.json")
     with pytest.raises(DataError) as e:
         preprocess(cfg, run, log=lambda *_: None)
     for needle in needles:
         assert needle in str(e.value), str(e.value)
-    assert not run.exists("data")  # nothing half-written
+    assert run.read_json("data", "meta.json") == {"previous": True}
+    root = tmp_path / "run"
+    assert sorted(p.name for p in root.iterdir()) == ["data"]  # no temporary directory left behind
+    assert sorted(p.name for p in (root / "data").iterdir()) == ["meta.json"]
+    return str(e.value)
 
 
 def test_missing_column_names_it_and_the_found_ones(tmp_path):
@@ -121,10 +127,17 @@ def test_non_numeric_timestamp(tmp_path):
     _expect_error(tmp_path, _table_cfg(tmp_path, path), "'timestamp' is not numeric", "yesterday")
 
 
+def test_missing_timestamp(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\n1,1,100\n1,2,\n1,3,102\n")
+    _expect_error(tmp_path, _table_cfg(tmp_path, path), str(path), "'timestamp' has missing values")
+
+
 def test_null_and_negative_ids(tmp_path):
     df = pd.DataFrame({"user_id": [1.0, np.nan, 2.0], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
     df.to_parquet(tmp_path / "nulls.parquet")
-    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nulls.parquet"), "'user_id' has null values")
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nulls.parquet"), "'user_id' has null values",
+                  str(tmp_path / "nulls.parquet"))
     df = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [1, -2, 3], "timestamp": [1, 2, 3]})
     df.to_parquet(tmp_path / "neg.parquet")
     _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "neg.parquet"), "'item_id' has a negative id (-2)")
@@ -142,3 +155,32 @@ def test_short_users_are_dropped_and_counted(tmp_path):
     meta = preprocess(cfg, run, log=lambda *_: None)
     assert meta["dropped_users"] == 1 and meta["num_sequence_users"] == 1
     assert json.loads((tmp_path / "run" / "data" / "meta.json").read_text()) == load_meta(run)
+
+
+def _log_with_duplicates(tmp_path):
+    df = _log().rename(columns={"uid": "user_id", "iid": "item_id", "ts": "timestamp"})[["user_id", "item_id", "timestamp"]]
+    # u1's third row twice more, u4's first row once more; u5's last row repeated with a new timestamp is no duplicate.
+    extra = pd.concat([df.iloc[[7, 7, 20]], df.iloc[[29]].assign(timestamp=2000)])
+    path = tmp_path / "log.parquet"
+    pd.concat([df, extra]).sample(frac=1.0, random_state=0).to_parquet(path, index=False)
+    return df, path
+
+
+def test_duplicate_rows_dropped_and_counted(tmp_path):
+    df, path = _log_with_duplicates(tmp_path)
+    cfg = _table_cfg(tmp_path, path)
+    lines = []
+    meta = preprocess(cfg, RunDir(cfg.run_dir), log=lines.append)
+    assert meta["duplicate_rows_dropped"] == 3 and meta["duplicates"] == "drop"
+    assert meta["num_interactions"] == len(df) + 1
+    assert "3 duplicate rows dropped" in lines[-1]
+    assert json.loads((tmp_path / "run" / "data" / "meta.json").read_text())["duplicate_rows_dropped"] == 3
+
+
+def test_duplicate_rows_error(tmp_path):
+    df, path = _log_with_duplicates(tmp_path)
+    row = df.iloc[7]  # the first duplicate found may be either repeated row
+    other = df.iloc[20]
+    msg = _expect_error(tmp_path, _table_cfg(tmp_path, path, duplicates="error"), str(path), "duplicate rows",
+                        "data.duplicates=drop")
+    assert any(f"user {r.user_id!r}, item {r.item_id}, timestamp {r.timestamp}" in msg for r in (row, other)), msg

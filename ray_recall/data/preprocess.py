@@ -95,18 +95,32 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     encoded = raw.interactions.map_batches(
         _validated_encode, fn_kwargs={"user_vocab": user_vocab, "item_vocab": item_vocab, "source": raw.description},
         batch_format="pyarrow", batch_size=None)
+    # Duplicates are found here, where all rows of a user are in one block; the vocabularies travel
+    # with the tasks only to name an offending row in the original ids.
+    seq_kwargs = {"min_len": cfg.data.min_user_interactions, "duplicates": cfg.data.duplicates, "source": raw.description}
+    if cfg.data.duplicates == "error":
+        seq_kwargs.update(user_vocab=user_vocab, item_vocab=item_vocab)
     sequences = encoded.repartition(cfg.data.num_partitions, keys=["user_idx"]).map_batches(
-        seq.build_sequences, fn_kwargs={"min_len": cfg.data.min_user_interactions}, batch_format="pyarrow", batch_size=None)
+        seq.build_sequences, fn_kwargs=seq_kwargs, batch_format="pyarrow", batch_size=None)
 
     with run.staged_dir("data") as tmp:
-        sequences.write_parquet(run.uri_of(tmp, "sequences"))
+        try:
+            sequences.write_parquet(run.uri_of(tmp, "sequences"))
+        except Exception as e:  # a DataError (e.g. a duplicate row) raised inside a task arrives wrapped
+            err = unwrap_error(e)
+            if isinstance(err, RayRecallError):
+                raise err from None
+            raise
         seq_ds = ray.data.read_parquet(run.uri_of(tmp, "sequences"))
-        lengths = seq_ds.select_columns(["length"])
+        lengths = seq_ds.select_columns(["length", "duplicates"])
         num_seq_users = lengths.count()
         if num_seq_users == 0:
             raise DataError(f"{raw.description}: no user has {cfg.data.min_user_interactions} or more interactions "
                             "(data.min_user_interactions)")
-        num_interactions = int(lengths.sum("length"))
+        sums = lengths.sum(["length", "duplicates"])
+        num_interactions, num_duplicates = int(sums["sum(length)"]), int(sums["sum(duplicates)"])
+        log(f"[data] sequences: {num_seq_users:,} users, {num_interactions:,} interactions "
+            f"({time.perf_counter() - t0:.1f}s); writing splits")
         counts = {}
         for split in ("train", "val", "test"):
             out = seq_ds.map_batches(seq.split_samples, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
@@ -138,6 +152,8 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
             "num_interactions": num_interactions,
             "num_sequence_users": int(num_seq_users),
             "dropped_users": int(len(user_vocab) - num_seq_users),
+            "duplicates": cfg.data.duplicates,
+            "duplicate_rows_dropped": num_duplicates,
             "min_user_interactions": cfg.data.min_user_interactions,
             "samples": counts,
             "user_features": {k: {"values": v, "multi": k in raw.multi_value_cols} for k, v in user_values.items()},
@@ -146,7 +162,8 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
         }
         run.write_json(meta, tmp, "meta.json")
     log(f"[data] {num_interactions:,} interactions, {num_seq_users:,} users kept "
-        f"({meta['dropped_users']:,} dropped with < {cfg.data.min_user_interactions}), samples {counts} "
+        f"({meta['dropped_users']:,} dropped with < {cfg.data.min_user_interactions}), "
+        f"{num_duplicates:,} duplicate rows dropped, samples {counts} "
         f"in {meta['seconds']:.1f}s")
     return meta
 

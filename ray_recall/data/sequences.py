@@ -20,7 +20,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-SEQ_SCHEMA = pa.schema([("user_idx", pa.int64()), ("items", pa.list_(pa.int32())), ("length", pa.int32())])
+from ray_recall.errors import DataError
+
+# duplicates: rows repeating one of this user's (item, timestamp) pairs, dropped from `items`.
+SEQ_SCHEMA = pa.schema([("user_idx", pa.int64()), ("items", pa.list_(pa.int32())), ("length", pa.int32()),
+                        ("duplicates", pa.int32())])
 SAMPLE_SCHEMA = pa.schema([("user_idx", pa.int64()), ("pos", pa.int32()), ("target", pa.int32())])
 
 
@@ -34,18 +38,34 @@ def tie_break_key(users: np.ndarray, items: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def build_sequences(batch: pa.Table, min_len: int = 3) -> pa.Table:
+def build_sequences(batch: pa.Table, min_len: int = 3, duplicates: str = "drop", source: str = "",
+                    user_vocab: np.ndarray | None = None, item_vocab: np.ndarray | None = None) -> pa.Table:
     """(user_idx, item_idx, timestamp) rows, all rows of each user in this batch -> one row per user (SEQ_SCHEMA).
 
-    Users with fewer than `min_len` interactions are dropped.
+    Rows repeating a (user, item, timestamp) are duplicates: with duplicates="drop" all but one are
+    dropped and counted in the user's `duplicates` column; with "error" the first one found raises
+    DataError naming `source` and the row (original ids when the vocabularies are given).
+    Users with fewer than `min_len` interactions (after dropping duplicates) are dropped.
     """
     u = batch.column("user_idx").to_numpy()
     i = batch.column("item_idx").to_numpy()
     t = batch.column("timestamp").to_numpy()
-    order = np.lexsort((tie_break_key(u, i), t, u))
-    u, i = u[order], i[order].astype(np.int32)
+    # The item id as the last key makes duplicates adjacent even if two items' tie keys collide.
+    order = np.lexsort((i, tie_break_key(u, i), t, u))
+    u, i, t = u[order], i[order].astype(np.int32), t[order]
     if len(u) == 0:
         return SEQ_SCHEMA.empty_table()
+    dup = np.concatenate([[False], (u[1:] == u[:-1]) & (i[1:] == i[:-1]) & (t[1:] == t[:-1])])
+    if dup.any():
+        if duplicates == "error":
+            k = int(np.flatnonzero(dup)[0])
+            raise DataError(f"{source}: duplicate rows (same user, item and timestamp), e.g. "
+                            f"{_describe_row(u[k], i[k], t[k], user_vocab, item_vocab)}; "
+                            "set data.duplicates=drop to keep one of each")
+        dup_users = u[dup]
+        u, i = u[~dup], i[~dup]
+    else:
+        dup_users = u[:0]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(u)) + 1])
     lengths = np.diff(np.concatenate([starts, [len(u)]]))
     keep = lengths >= min_len
@@ -54,8 +74,25 @@ def build_sequences(batch: pa.Table, min_len: int = 3) -> pa.Table:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat_idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
     items = pa.ListArray.from_arrays(pa.array(offsets), pa.array(i[flat_idx], pa.int32()))
-    return pa.table({"user_idx": pa.array(u[starts], pa.int64()), "items": items,
-                     "length": pa.array(lengths.astype(np.int32))}, schema=SEQ_SCHEMA)
+    kept_users = u[starts]
+    dup_count = np.zeros(len(kept_users), dtype=np.int32)
+    if len(dup_users):
+        at = np.searchsorted(kept_users, dup_users)  # users are sorted; a dropped user matches no kept row
+        hit = (at < len(kept_users)) & (kept_users[np.minimum(at, len(kept_users) - 1)] == dup_users)
+        np.add.at(dup_count, at[hit], 1)
+    return pa.table({"user_idx": pa.array(kept_users, pa.int64()), "items": items,
+                     "length": pa.array(lengths.astype(np.int32)), "duplicates": pa.array(dup_count)}, schema=SEQ_SCHEMA)
+
+
+def _describe_row(user: int, item: int, ts: float, user_vocab, item_vocab) -> str:
+    def raw(vocab, dense):
+        if vocab is None:
+            return f"#{dense} (dense id)"
+        value = vocab[int(dense) - 1]
+        return repr(value.item() if isinstance(value, np.generic) else value)
+
+    ts_text = str(int(ts)) if float(ts).is_integer() else repr(float(ts))
+    return f"user {raw(user_vocab, user)}, item {raw(item_vocab, item)}, timestamp {ts_text}"
 
 
 def split_samples(batch: pa.Table, split: str) -> pa.Table:
