@@ -1,8 +1,9 @@
 """The run directory: the only coupling between stages.
 
-Any `pyarrow.fs` URI works (a local path, file://, s3://, gs://). Every
-output is written under a temporary name and moved into place when complete,
-so a failed stage leaves the previous outputs intact; `manifest.json` is
+Any `pyarrow.fs` URI works (a local path, file://, s3://, gs://), with pyarrow's URI options
+(for an S3-compatible server: s3://bucket/run?endpoint_override=host:9000&scheme=http). Every
+output is written under a temporary name and moved (on object stores, copied) into
+place when complete, so a failed stage leaves the previous outputs intact; `manifest.json` is
 written last and records which stages finished with which config hash.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
@@ -33,11 +35,17 @@ class RunDir:
         return "/".join([self.root.rstrip("/"), *parts])
 
     def uri_of(self, *parts: str) -> str:
-        """Full URI (or local path): use with Ray Data readers/writers."""
+        """Full URI (or local path): use with Ray Data readers/writers.
+
+        Keeps the run URI's options (`?endpoint_override=...&scheme=http`), so a reader in
+        another process reaches the same endpoint.
+        """
         if self.is_local:
             return self.path(*parts)
-        scheme = self.uri.split("://", 1)[0]
-        return f"{scheme}://{self.path(*parts)}"
+        parsed = urlsplit(self.uri)
+        userinfo = parsed.netloc.rsplit("@", 1)[0] + "@" if "@" in parsed.netloc else ""
+        query = f"?{parsed.query}" if parsed.query else ""
+        return f"{parsed.scheme}://{userinfo}{self.path(*parts)}{query}"
 
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
@@ -87,7 +95,13 @@ class RunDir:
             self._delete(tmp)
             raise
         final = self.path(name)
-        if self.exists(name):
+        if not self.is_local:
+            # Object stores cannot rename a directory: replace the old one by a copy of the new one.
+            # Not atomic: a copy interrupted here leaves a partial directory (re-run the stage with --force).
+            self._delete(final)
+            pafs.copy_files(tmp, final, source_filesystem=self.fs, destination_filesystem=self.fs)
+            self._delete(tmp)
+        elif self.exists(name):
             old = self.path(f".old-{tmp_name}")
             self.fs.move(final, old)
             self.fs.move(tmp, final)

@@ -135,7 +135,7 @@ def _movielens_dir(path: str) -> RawData:
 
 def _read_table_ds(path: str, fmt: str) -> ray.data.Dataset:
     if fmt == "auto":
-        lower = path.rstrip("/").lower()
+        lower = path.split("?", 1)[0].rstrip("/").lower()  # a URI may carry options after '?'
         fmt = "csv" if lower.endswith((".csv", ".csv.gz", ".tsv")) else "parquet"
     try:
         if fmt == "csv":
