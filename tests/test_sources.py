@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from ray_recall.config import DataConfig, PipelineConfig
-from ray_recall.data.preprocess import load_items, load_meta, load_schema, preprocess
+from ray_recall.data.preprocess import load_items, load_meta, load_samples, load_schema, preprocess
 from ray_recall.data.sources import load_source
 from ray_recall.errors import DataError
 from ray_recall.storage import RunDir
@@ -85,6 +85,9 @@ def test_table_with_column_mapping_and_inline_features(tmp_path, fmt):
     assert set(meta["item_features"]["tags"]["values"]) == {"c0", "c1", "c2", "x"}
     items = load_items(run)
     assert items["item_idx"].tolist() == list(range(1, len(items) + 1))  # dense ids from 1
+    # The sample counts in meta.json are those of the files written.
+    assert {split: len(load_samples(run, split)) for split in meta["samples"]} == meta["samples"] == {
+        "train": 30 - 3 * 6, "val": 6, "test": 6}
 
 
 def _expect_error(tmp_path, cfg, *needles):
@@ -154,6 +157,7 @@ def test_short_users_are_dropped_and_counted(tmp_path):
     run = RunDir(cfg.run_dir)
     meta = preprocess(cfg, run, log=lambda *_: None)
     assert meta["dropped_users"] == 1 and meta["num_sequence_users"] == 1
+    assert meta["samples"] == {"train": 0, "val": 1, "test": 1} and len(load_samples(run, "train")) == 0
     assert json.loads((tmp_path / "run" / "data" / "meta.json").read_text()) == load_meta(run)
 
 

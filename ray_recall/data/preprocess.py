@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
+from ray.data.aggregate import Count, Sum
 
 from ray_recall.config import PipelineConfig
 from ray_recall.data import sequences as seq
@@ -112,22 +113,23 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
                 raise err from None
             raise
         seq_ds = ray.data.read_parquet(run.uri_of(tmp, "sequences"))
-        lengths = seq_ds.select_columns(["length", "duplicates"])
-        num_seq_users = lengths.count()
+        stats = seq_ds.select_columns(["length", "duplicates"]).aggregate(Count(), Sum("length"), Sum("duplicates"))
+        num_seq_users = int(stats["count()"] or 0)
         if num_seq_users == 0:
             raise DataError(f"{raw.description}: no user has {cfg.data.min_user_interactions} or more interactions "
                             "(data.min_user_interactions)")
-        sums = lengths.sum(["length", "duplicates"])
-        num_interactions, num_duplicates = int(sums["sum(length)"]), int(sums["sum(duplicates)"])
+        num_interactions, num_duplicates = int(stats["sum(length)"]), int(stats["sum(duplicates)"])
         log(f"[data] sequences: {num_seq_users:,} users, {num_interactions:,} interactions "
             f"({time.perf_counter() - t0:.1f}s); writing splits")
-        counts = {}
+        # Every kept user has >= 3 items: one validation and one test sample each, and a train sample
+        # at every position from 1 to n-3 (position 0 has no history), n - 3 in all.
+        counts = {"train": num_interactions - 3 * num_seq_users, "val": num_seq_users, "test": num_seq_users}
         for split in ("train", "val", "test"):
+            if counts[split] == 0:  # Ray Data would write no file at all
+                _write_arrow(run, seq.SAMPLE_SCHEMA.empty_table(), tmp, split, "empty.parquet")
+                continue
             out = seq_ds.map_batches(seq.split_samples, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
             out.write_parquet(run.uri_of(tmp, split))
-            if not run.exists(tmp, split):  # Ray Data writes no file for an empty dataset
-                _write_arrow(run, seq.SAMPLE_SCHEMA.empty_table(), tmp, split, "empty.parquet")
-            counts[split] = ray.data.read_parquet(run.uri_of(tmp, split)).count()
         pop = (seq_ds.map_batches(seq.train_part_items, batch_format="pyarrow", batch_size=None)
                .groupby("item_idx").count().to_pandas())
         item_counts = np.zeros(len(item_vocab) + 1, dtype=np.int64)
