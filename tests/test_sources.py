@@ -88,6 +88,12 @@ def test_table_with_column_mapping_and_inline_features(tmp_path, fmt):
     # The sample counts in meta.json are those of the files written.
     assert {split: len(load_samples(run, split)) for split in meta["samples"]} == meta["samples"] == {
         "train": 30 - 3 * 6, "val": 6, "test": 6}
+    # Samples follow the sequence files' user order, not the order tasks happened to finish in:
+    # that is what makes a fit on the same data the same on any cluster.
+    seqs = pd.concat([pd.read_parquet(f) for f in sorted((tmp_path / "run" / "data" / "sequences").glob("*.parquet"))])
+    for split, per_user in (("train", seqs["length"] - 3), ("test", 1)):
+        want = np.repeat(seqs["user_idx"].to_numpy(), per_user)
+        assert load_samples(run, split)["user_idx"].tolist() == want.tolist(), split
 
 
 def _expect_error(tmp_path, cfg, *needles):

@@ -129,6 +129,9 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
                 _write_arrow(run, seq.SAMPLE_SCHEMA.empty_table(), tmp, split, "empty.parquet")
                 continue
             out = seq_ds.map_batches(seq.split_samples, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
+            # Rows in sequence-file order, not in whichever order the tasks finish: training reads
+            # them in file order, so the same log gives the same batches (and the same model) on any cluster.
+            out.context.execution_options.preserve_order = True
             out.write_parquet(run.uri_of(tmp, split))
         pop = (seq_ds.map_batches(seq.train_part_items, batch_format="pyarrow", batch_size=None)
                .groupby("item_idx").count().to_pandas())
