@@ -20,7 +20,7 @@ demo: $(STAMP)
 	RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 $(BIN)/python jobs/pipeline.py --config configs/ml100k_dssm.yaml
 
 test: $(STAMP)
-	RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests
+	RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 $(BIN)/python -m pytest -q tests --durations=30
 
 clean:
 	rm -rf $(VENV)
