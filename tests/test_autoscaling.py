@@ -27,6 +27,11 @@ SCALE_DOWN_S = 120
 IDLE_TIMEOUT_MIN = 0.2
 
 
+def _process_died(logs: str) -> bool:
+    """The job failed because a Ray worker process died under it, not because of an error in ray_recall."""
+    return "ActorDiedError" in logs and "Worker exit type: SYSTEM_ERROR" in logs
+
+
 def _fake_cluster_config() -> dict:
     cfg = yaml.safe_load((REPO / "cluster" / "local-autoscaling.yaml").read_text())
     cfg["idle_timeout_minutes"] = IDLE_TIMEOUT_MIN
@@ -61,8 +66,14 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
         head_s = round(time.monotonic() - t_head, 1)
 
         t0 = time.monotonic()
-        submission_id, out = head.submit("jobs/train.py", ["--config", str(cfg_path)], wait=False, timeout=300)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+        def submit() -> str:
+            submission_id, out = head.submit("jobs/train.py", ["--config", str(cfg_path)], wait=False, timeout=300)
+            assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+            return submission_id
+
+        submission_id = submit()
+        resubmitted = None
 
         # Watch the nodes while the job runs: workers must appear (never more than max_workers).
         seen_workers: dict[str, float] = {}  # node id -> seconds after submission it was first seen alive
@@ -83,6 +94,13 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
         while True:
             info = head.job_info(submission_id)
             watch_nodes()
+            if info["status"] == "FAILED" and resubmitted is None and _process_died(head.job_logs(submission_id)):
+                # A Ray process killed under it (SYSTEM_ERROR, not an exception of ours), seen once on a loaded
+                # 2-core machine with fake nodes coming and going: the same job is submitted once more, and
+                # everything below is still required of that second run. Any other failure fails the test.
+                resubmitted = head.job_logs(submission_id)[-1500:]
+                submission_id = submit()
+                continue
             if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
                 break
             if time.monotonic() - t0 > JOB_LIMIT_S:
@@ -121,6 +139,7 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
         assert re.search(r"Removing \d+ nodes of type ray\.worker\.cpu \(idle\)", head.session_log("monitor.log", None))
         print(f"\nautoscaling: preprocess (in-process) {preprocess_s}s, fake head up {head_s}s, job {job_s}s; "
               f"workers added at {sorted(seen_workers.values())}s and removed at {sorted(gone_workers.values())}s "
-              f"after submission; peak {peak} nodes; {len(actors) // 2} worker-group start(s)")
+              f"after submission; peak {peak} nodes; {len(actors) // 2} worker-group start(s)"
+              + (f"; resubmitted once after a Ray process died:\n{resubmitted}" if resubmitted else ""))
     finally:
         stop_head(head)
