@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
-import time
 
 import pytest
 import requests
 
+from tests.serve_http import free_port, wait_ready
+
 APP = "ray_recall_test"
 K = 7
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +21,12 @@ def endpoint(trained_run):
     from ray_recall.serve.app import build_app
 
     cfg, _ = trained_run
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(cfg.run_dir), name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        # serve.run returns once the replica is up; the proxy may need a moment to learn the route.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Serve endpoint at {url} not ready after 60 s")
-            time.sleep(0.5)
+        wait_ready(url, timeout=60)
         yield url, cfg
     finally:
         serve.delete(APP)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -16,16 +15,12 @@ from collections import Counter
 import pytest
 import requests
 
+from tests.serve_http import free_port, wait_ready
+
 APP = "rr_failover"
 DEPLOYMENT = "RecallDeployment"
 K = 5
 CLIENTS = 4  # concurrent request loops, so that requests are in flight on the replica when it dies
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _replica_pids() -> dict[str, int]:
@@ -71,20 +66,12 @@ def two_replicas(ray_session, trained_run):
     from ray_recall.serve.app import build_app
 
     cfg, _ = trained_run
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         serve.run(build_app(cfg.run_dir, replicas=2), name=APP, route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, f"{url} not ready after 120 s: {serve.status()}"
-            time.sleep(0.5)
+        wait_ready(url, timeout=120)
         yield url
     finally:
         serve.delete(APP)

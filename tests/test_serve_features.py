@@ -20,7 +20,6 @@ import functools
 import json
 import os
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,16 +28,12 @@ import numpy as np
 import pytest
 import requests
 
+from tests.serve_http import free_port, wait_ready
+
 from ray_recall import batch as B
 
 K = 7
 IMPORT_PATH = "ray_recall.serve.app:app_builder"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------- runs
@@ -109,28 +104,12 @@ def _deploy(config: dict) -> None:
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
 
 
-def _wait_ready(url: str, routes: list[str], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    for route in routes:
-        while True:
-            try:
-                if requests.get(f"{url}{route}/healthz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:  # the proxy may hold a request until the replica is up
-                pass
-            if time.monotonic() > deadline:
-                from ray import serve
-
-                raise RuntimeError(f"{url}{route} not ready after {timeout} s: {serve.status()}")
-            time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def serve_config(runs):
     """(base URL, the deployed config): two apps on a free port, Serve shut down afterwards."""
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     config = {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [
@@ -142,7 +121,7 @@ def serve_config(runs):
     try:
         _deploy(config)
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, ["", "/mi"])
+        wait_ready(url, ("", "/mi"))
         yield url, config
     finally:
         serve.shutdown()
