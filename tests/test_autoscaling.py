@@ -25,6 +25,9 @@ JOB_LIMIT_S = 420
 SCALE_DOWN_S = 120
 # The shipped config keeps idle nodes for a minute; 0.2 min makes scale-down observable quickly.
 IDLE_TIMEOUT_MIN = 0.2
+# Resubmissions after a Ray process died under the job (SYSTEM_ERROR, e.g. torch failing to load in a
+# freshly started worker while fake nodes start beside it), not after any error of ray_recall.
+MAX_RESUBMITS = 3
 
 
 def _process_died(logs: str) -> bool:
@@ -73,7 +76,7 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
             return submission_id
 
         submission_id = submit()
-        resubmitted = None
+        resubmitted: list[str] = []  # the tail of each run a Ray process died under
 
         # Watch the nodes while the job runs: workers must appear (never more than max_workers).
         seen_workers: dict[str, float] = {}  # node id -> seconds after submission it was first seen alive
@@ -94,11 +97,12 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
         while True:
             info = head.job_info(submission_id)
             watch_nodes()
-            if info["status"] == "FAILED" and resubmitted is None and _process_died(head.job_logs(submission_id)):
-                # A Ray process killed under it (SYSTEM_ERROR, not an exception of ours), seen once on a loaded
-                # 2-core machine with fake nodes coming and going: the same job is submitted once more, and
-                # everything below is still required of that second run. Any other failure fails the test.
-                resubmitted = head.job_logs(submission_id)[-1500:]
+            if info["status"] == "FAILED" and len(resubmitted) < MAX_RESUBMITS and _process_died(head.job_logs(submission_id)):
+                # A Ray process died under it (SYSTEM_ERROR, not an exception of ours; seen as oneMKL failing to
+                # load libtorch in the TrainController while fake nodes start): the same job is submitted again,
+                # at most MAX_RESUBMITS times, and everything below is still required of the run that finishes.
+                # Any other failure fails the test.
+                resubmitted.append(head.job_logs(submission_id)[-1500:])
                 submission_id = submit()
                 continue
             if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -146,6 +150,6 @@ def test_training_job_adds_worker_nodes_then_they_go(ray_session, tmp_path):
         print(f"\nautoscaling: preprocess (in-process) {preprocess_s}s, fake head up {head_s}s, job {job_s}s; "
               f"workers added at {sorted(seen_workers.values())}s and removed at {sorted(gone_workers.values())}s "
               f"after submission; peak {peak} nodes; {len(actors) // 2} worker-group start(s)"
-              + (f"; resubmitted once after a Ray process died:\n{resubmitted}" if resubmitted else ""))
+              + (f"; resubmitted {len(resubmitted)}x after a Ray process died:\n{resubmitted[-1]}" if resubmitted else ""))
     finally:
         stop_head(head)
