@@ -18,7 +18,7 @@ trap 'rm -f "$CONSTRAINTS"' EXIT
 echo "torch==2.13.0" > "$CONSTRAINTS"
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet torch==2.13.0
-PIP_CONSTRAINT="$CONSTRAINTS" "$VENV/bin/pip" install --quiet torch-rechub==0.9.0 numpy pandas
+PIP_CONSTRAINT="$CONSTRAINTS" "$VENV/bin/pip" install --quiet torch-rechub==0.9.0 numpy pandas pyarrow
 "$VENV/bin/python" - <<'PY'
 import torch, torch_rechub, importlib.metadata as md
 assert torch.__version__.startswith("2.13.0"), torch.__version__

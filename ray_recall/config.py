@@ -74,7 +74,9 @@ class DataConfig:
     title_col: str | None = None  # item column shown beside recommendations (not a feature)
     max_len: int = 50  # history window: the most recent max_len items before a target
     min_user_interactions: int = 3  # users with fewer are dropped (and counted); 3 = one train, val, test each
-    num_partitions: int = 4  # hash partitions of the log by user when building sequences
+    # Hash partitions of the log by user when building sequences (one task each); None = one per
+    # million interactions, at least 4.
+    num_partitions: int | None = None
     duplicates: str = "drop"  # rows repeating a (user, item, timestamp): drop (counted in data/meta.json) | error
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when source == synthetic
 
@@ -85,7 +87,8 @@ class DataConfig:
         if self.source == "table" and not self.path:
             raise ConfigError("data.path is required when data.source='table'")
         _check_positive("data.max_len", self.max_len)
-        _check_positive("data.num_partitions", self.num_partitions)
+        if self.num_partitions is not None:
+            _check_positive("data.num_partitions", self.num_partitions)
         if self.min_user_interactions < 3:
             raise ConfigError(
                 f"data.min_user_interactions={self.min_user_interactions} must be >= 3 "

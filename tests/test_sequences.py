@@ -124,3 +124,19 @@ def test_duplicate_rows_error_names_the_row():
     # Without duplicates, error mode builds the same sequences as drop mode.
     clean = df.iloc[:5]
     assert S.build_sequences(_table(clean), duplicates="error").equals(S.build_sequences(_table(clean)))
+
+
+def test_train_part_item_counts_match_reference():
+    """Popularity from a column of sequences (as Ray Data hands a block: sliced, chunked) == counting s[:n-2] in pandas."""
+    df = _encoded(seed=5)
+    ref = _reference(df)
+    seqs = S.build_sequences(_table(df))
+    size = int(df["item_idx"].max()) + 1
+    want = np.bincount(np.concatenate([s[:-2] for s in ref.values()]), minlength=size)
+    col = seqs.column("items")
+    assert S.train_part_item_counts(col, size).tolist() == want.tolist()
+    half = len(seqs) // 2
+    sliced = pa.chunked_array([col.combine_chunks()[:half], col.combine_chunks()[half:]])
+    assert S.train_part_item_counts(sliced, size).tolist() == want.tolist()
+    assert (S.train_part_item_counts(col.combine_chunks()[half:], size)
+            + S.train_part_item_counts(col.combine_chunks()[:half], size)).tolist() == want.tolist()

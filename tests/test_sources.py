@@ -94,6 +94,9 @@ def test_table_with_column_mapping_and_inline_features(tmp_path, fmt):
     for split, per_user in (("train", seqs["length"] - 3), ("test", 1)):
         want = np.repeat(seqs["user_idx"].to_numpy(), per_user)
         assert load_samples(run, split)["user_idx"].tolist() == want.tolist(), split
+    # The samplers' popularity counts each sequence's train part: all but its last two items.
+    want_counts = np.bincount(np.concatenate([s[:-2] for s in seqs["items"]]), minlength=len(items) + 1)
+    assert items["count"].tolist() == want_counts[1:].tolist()
 
 
 def _expect_error(tmp_path, cfg, *needles):
@@ -194,3 +197,26 @@ def test_duplicate_rows_error(tmp_path):
     msg = _expect_error(tmp_path, _table_cfg(tmp_path, path, duplicates="error"), str(path), "duplicate rows",
                         "data.duplicates=drop")
     assert any(f"user {r.user_id!r}, item {r.item_id}, timestamp {r.timestamp}" in msg for r in (row, other)), msg
+
+
+def test_sharded_synthetic_log_shares_the_catalogue_and_is_reproducible(tmp_path):
+    """write_sharded: one file per block of users, the catalogue and attributes of generate(), same files twice."""
+    from ray_recall.config import SyntheticConfig
+    from ray_recall.data.synthetic import generate, write_sharded
+
+    cfg = SyntheticConfig(num_users=250, num_items=120, num_groups=4, mean_length=15, seed=5)
+    paths = write_sharded(str(tmp_path / "a"), cfg, users_per_file=100)
+    files = sorted((tmp_path / "a" / "interactions").glob("*.parquet"))
+    assert [f.name for f in files] == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    parts = [pd.read_parquet(f) for f in files]
+    for n, part in enumerate(parts):  # each file holds its own block of users, every one of them
+        assert set(part["user_id"]) == set(range(1001 + 100 * n, 1001 + min(100 * (n + 1), 250)))
+        assert (part.groupby("user_id").size() >= 5).all()
+        assert not part.duplicated(["user_id", "item_id"]).any()
+    ref = generate(cfg)
+    pd.testing.assert_frame_equal(pd.read_parquet(paths["items"]), ref["items"])
+    pd.testing.assert_frame_equal(pd.read_parquet(paths["users"]), ref["users"])
+    assert set(pd.concat(parts)["item_id"]) <= set(ref["items"]["item_id"])
+    write_sharded(str(tmp_path / "b"), cfg, users_per_file=100)
+    for f in files:
+        pd.testing.assert_frame_equal(pd.read_parquet(f), pd.read_parquet(tmp_path / "b" / "interactions" / f.name))

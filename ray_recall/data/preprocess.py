@@ -22,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
-from ray.data.aggregate import Count, Sum
+from ray.data.aggregate import AggregateFnV2, Count, Sum, Unique
+from ray.data.context import ShuffleStrategy
 
 from ray_recall.config import PipelineConfig
 from ray_recall.data import sequences as seq
@@ -66,12 +67,46 @@ def unwrap_error(e: BaseException) -> BaseException:
     return e
 
 
-def _fit_vocab(ds: ray.data.Dataset, column: str) -> np.ndarray:
-    values = ds.unique(column)
+INTERACTIONS_PER_PARTITION = 1_000_000  # data.num_partitions=None: one sequence-building task per this many rows
+
+
+def _sorted_vocab(values: list, column: str) -> np.ndarray:
     try:
         return np.sort(np.asarray(values))
     except TypeError:
         raise DataError(f"column {column!r} mixes id types (e.g. numbers and strings); make them one type") from None
+
+
+class TrainPartItemCounts(AggregateFnV2):
+    """Interactions per item in the train part of every sequence (s[:n-2]): the popularity of the samplers.
+
+    One bincount per block of sequences, summed: the driver only ever holds num_items + 1 counts.
+    """
+
+    def __init__(self, num_items: int):
+        self._size = num_items + 1
+        super().__init__("item_counts", zero_factory=self._zeros, on="items", ignore_nulls=True)
+
+    def _zeros(self) -> np.ndarray:
+        return np.zeros(self._size, dtype=np.int64)
+
+    def aggregate_block(self, block: pa.Table) -> np.ndarray:
+        return seq.train_part_item_counts(block.column("items"), self._size)
+
+    def combine(self, current: np.ndarray, new: np.ndarray) -> np.ndarray:
+        return current + new
+
+
+def _global_aggregate(ds: ray.data.Dataset, *aggs) -> dict:
+    """ds.aggregate(*aggs) with task-based shuffling: an all-to-one reduce needs no aggregator actors
+    (whose start cost about 2.5 s on a small cluster). Datasets derived later from `ds` share its
+    context, and the keyed repartition needs the hash shuffle back."""
+    previous = ds.context.shuffle_strategy
+    ds.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        return ds.aggregate(*aggs)
+    finally:
+        ds.context.shuffle_strategy = previous
 
 
 def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
@@ -82,16 +117,21 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     try:
         validated = raw.interactions.map_batches(_validate_only, fn_kwargs={"source": raw.description}, batch_format="pyarrow",
                                                  batch_size=None)
-        user_vocab = _fit_vocab(validated, USER)
-        item_vocab = _fit_vocab(validated, ITEM)
+        # One pass: both vocabularies and the row count (which sizes the partitions below).
+        found = _global_aggregate(validated, Unique(USER), Unique(ITEM), Count())
     except Exception as e:  # Ray wraps errors raised in tasks
         err = unwrap_error(e)
         if isinstance(err, RayRecallError):
             raise err from None
         raise DataError(f"{raw.description}: cannot read interactions: {str(e).strip().splitlines()[-1]}") from None
-    if len(user_vocab) == 0:
+    num_rows = int(found["count()"] or 0)
+    if num_rows == 0:
         raise DataError(f"{raw.description}: no interactions (the input is empty)")
-    log(f"[data] vocabularies: {len(user_vocab):,} users, {len(item_vocab):,} items")
+    user_vocab = _sorted_vocab(found[f"unique({USER})"], USER)
+    item_vocab = _sorted_vocab(found[f"unique({ITEM})"], ITEM)
+    num_partitions = cfg.data.num_partitions or max(4, -(-num_rows // INTERACTIONS_PER_PARTITION))
+    log(f"[data] {num_rows:,} rows, {len(user_vocab):,} users, {len(item_vocab):,} items; "
+        f"building sequences in {num_partitions} partitions")
 
     encoded = raw.interactions.map_batches(
         _validated_encode, fn_kwargs={"user_vocab": user_vocab, "item_vocab": item_vocab, "source": raw.description},
@@ -101,7 +141,7 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     seq_kwargs = {"min_len": cfg.data.min_user_interactions, "duplicates": cfg.data.duplicates, "source": raw.description}
     if cfg.data.duplicates == "error":
         seq_kwargs.update(user_vocab=user_vocab, item_vocab=item_vocab)
-    sequences = encoded.repartition(cfg.data.num_partitions, keys=["user_idx"]).map_batches(
+    sequences = encoded.repartition(num_partitions, keys=["user_idx"]).map_batches(
         seq.build_sequences, fn_kwargs=seq_kwargs, batch_format="pyarrow", batch_size=None)
 
     with run.staged_dir("data") as tmp:
@@ -113,7 +153,8 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
                 raise err from None
             raise
         seq_ds = ray.data.read_parquet(run.uri_of(tmp, "sequences"))
-        stats = seq_ds.select_columns(["length", "duplicates"]).aggregate(Count(), Sum("length"), Sum("duplicates"))
+        # One pass for the statistics and the samplers' popularity.
+        stats = _global_aggregate(seq_ds, Count(), Sum("length"), Sum("duplicates"), TrainPartItemCounts(len(item_vocab)))
         num_seq_users = int(stats["count()"] or 0)
         if num_seq_users == 0:
             raise DataError(f"{raw.description}: no user has {cfg.data.min_user_interactions} or more interactions "
@@ -133,10 +174,7 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
             # them in file order, so the same log gives the same batches (and the same model) on any cluster.
             out.context.execution_options.preserve_order = True
             out.write_parquet(run.uri_of(tmp, split))
-        pop = (seq_ds.map_batches(seq.train_part_items, batch_format="pyarrow", batch_size=None)
-               .groupby("item_idx").count().to_pandas())
-        item_counts = np.zeros(len(item_vocab) + 1, dtype=np.int64)
-        item_counts[pop["item_idx"].to_numpy()] = pop["count()"].to_numpy()
+        item_counts = stats["item_counts"]
 
         user_codes, user_values = encode_features(raw.users, USER, user_vocab, raw.user_feature_cols, raw.multi_value_cols,
                                                   raw.multi_value_sep)

@@ -115,16 +115,13 @@ def split_samples(batch: pa.Table, split: str) -> pa.Table:
                      "target": pa.array(flat[offsets[rows] + pos].astype(np.int32))}, schema=SAMPLE_SCHEMA)
 
 
-def train_part_items(batch: pa.Table) -> pa.Table:
-    """Sequences -> one row per train-part interaction (user_idx, item_idx): s[:n-2] of every user."""
-    users = batch.column("user_idx").to_numpy()
-    lengths = batch.column("length").to_numpy().astype(np.int64)
-    flat = batch.column("items").combine_chunks().flatten().to_numpy()
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    keep = lengths - 2
-    rows = np.repeat(np.arange(len(users)), keep)
-    within = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)
-    return pa.table({"user_idx": pa.array(users[rows], pa.int64()), "item_idx": pa.array(flat[offsets[rows] + within], pa.int32())})
+def train_part_item_counts(items: pa.Array | pa.ChunkedArray, size: int) -> np.ndarray:
+    """A column of sequences (list<int32>) -> [size] interaction counts per item in their train parts, s[:n-2]."""
+    col = items.combine_chunks() if isinstance(items, pa.ChunkedArray) else items
+    offsets, flat = col.offsets.to_numpy(), col.values.to_numpy()
+    keep = np.maximum(np.diff(offsets) - 2, 0)
+    idx = np.repeat(offsets[:-1], keep) + np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)
+    return np.bincount(flat[idx], minlength=size)
 
 
 class SequenceTable:

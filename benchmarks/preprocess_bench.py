@@ -1,0 +1,225 @@
+"""The data stage at scale: 1M to 50M synthetic interactions, beside torch-rechub at 1M and 5M, to benchmarks/preprocess.md.
+
+    bash benchmarks/peer_env.sh                                   # once: .venv-peer with torch-rechub 0.9.0
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py                 # 1M, 5M, 10M, 50M (~10 min)
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py --sizes 1 --peer-sizes 1 --out /tmp/pre.md
+
+The logs come from the project's seeded generator (`ray_recall.data.synthetic.write_sharded`): Zipf
+item popularity inside latent taste groups, per-user lengths 5 + geometric with mean about 50, one
+parquet file per 50,000 users, one item per 100 interactions. Each size runs the real preprocess
+stage as a user would, `ray-recall preprocess` in a fresh process (local Ray started in-process,
+so every Ray process is a descendant of it): read, validate, vocabularies, per-user sequences
+(hash-partitioned by user), leave-last-out splits, popularity, all written under the run directory.
+
+Measured from outside (benchmarks/proctree.py): wall seconds of the whole command (Ray's start and
+stop included) and peak memory as the summed PSS of the process tree, object store included. The
+stage's own seconds (data/meta.json, Ray's start excluded) are reported beside. The peer,
+torch-rechub 0.9.0's `generate_seq_feature_match` + `gen_model_input` (benchmarks/peer_preprocess.py),
+runs on the same 1M and 5M logs in the same benchmark run, measured the same way (not larger: it holds
+every training row's history as a Python list, 2.9 GiB at 1M, so 10M would not fit in this machine's
+24 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+from proctree import run_measured  # noqa: E402
+
+MEAN_LENGTH = 50
+USERS_PER_FILE = 50_000
+TARGET_SPEEDUP = 20.0  # ours vs the peer at 1M
+TARGET_10M_GIB = 4.0
+TARGET_SCALING = 12.0  # t(10M) / t(1M)
+PEER_PY = os.path.join(ROOT, ".venv-peer", "bin", "python")
+GIB = 1024 ** 3
+
+
+def log_dir(work: str, millions: float) -> str:
+    return os.path.join(work, f"log_{millions:g}m")
+
+
+def generate(work: str, millions: float) -> dict:
+    """Write (once) a log of about `millions` million interactions; returns its row count and bytes on disk."""
+    from ray_recall.config import SyntheticConfig
+    from ray_recall.data.synthetic import write_sharded
+
+    out = log_dir(work, millions)
+    stamp = os.path.join(out, "done.json")
+    if not os.path.exists(stamp):
+        shutil.rmtree(out, ignore_errors=True)
+        n = int(millions * 1_000_000)
+        # Lengths average about MEAN_LENGTH - 3 after repeats are dropped (more with a larger catalogue).
+        cfg = SyntheticConfig(num_users=round(n / (MEAN_LENGTH - 3)), num_items=max(10_000, n // 100),
+                              mean_length=MEAN_LENGTH, seed=0)
+        t0 = time.perf_counter()
+        write_sharded(out, cfg, users_per_file=USERS_PER_FILE)
+        import pyarrow.parquet as pq
+
+        files = sorted(glob.glob(os.path.join(out, "interactions", "*.parquet")))
+        info = {"rows": sum(pq.ParquetFile(f).metadata.num_rows for f in files), "files": len(files),
+                "bytes": sum(os.path.getsize(f) for f in files), "users": cfg.num_users, "items": cfg.num_items,
+                "seconds": time.perf_counter() - t0}
+        with open(stamp, "w") as f:
+            json.dump(info, f)
+    with open(stamp) as f:
+        return json.load(f)
+
+
+def du(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def run_ours(work: str, millions: float) -> dict:
+    run_dir = os.path.join(work, f"run_{millions:g}m")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [sys.executable, "-m", "ray_recall.cli", "preprocess", "--run-dir", run_dir,
+           "--set", "data.source=table", "--set", f"data.path={log_dir(work, millions)}/interactions"]
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=ROOT)
+    log_path = os.path.join(work, f"ours_{millions:g}m.log")
+    print(f"ours {millions:g}M: {shlex.join(cmd)}", flush=True)
+    res = run_measured(cmd, env=env, log_path=log_path)
+    if res["rc"] != 0:
+        raise SystemExit(f"ours {millions:g}M failed (rc {res['rc']}); see {log_path}")
+    with open(os.path.join(run_dir, "data", "meta.json")) as f:
+        meta = json.load(f)
+    res.update(stage_seconds=meta["seconds"], interactions=meta["num_interactions"], users=meta["num_users"],
+               items=meta["num_items"], train_samples=meta["samples"]["train"],
+               bytes={part: du(os.path.join(run_dir, "data", part)) for part in ("sequences", "train", "val", "test")})
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return res
+
+
+def run_peer(work: str, millions: float) -> dict:
+    out = os.path.join(work, f"peer_{millions:g}m.json")
+    cmd = [PEER_PY, os.path.join(HERE, "peer_preprocess.py"), "--log", log_dir(work, millions), "--out", out]
+    print(f"peer {millions:g}M: {shlex.join(cmd)}", flush=True)
+    res = run_measured(cmd, log_path=os.path.join(work, f"peer_{millions:g}m.log"))
+    if res["rc"] != 0:
+        raise SystemExit(f"peer {millions:g}M failed (rc {res['rc']})")
+    with open(out) as f:
+        res.update(json.load(f))
+    return res
+
+
+def gib(b: float) -> str:
+    return f"{b / GIB:.2f} GiB"
+
+
+def report(args, logs: dict, ours: dict, peer: dict | None) -> str:
+    sizes = sorted(ours)
+    lines = [
+        "# The data stage at scale: preprocess on 1M-50M interactions",
+        "",
+        "Reproduce (after `bash benchmarks/peer_env.sh` once):",
+        "",
+        "    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py"
+        + (f" --sizes {args.sizes}" if args.sizes != "1,5,10,50" else "")
+        + (f" --peer-sizes '{args.peer_sizes}'" if args.peer_sizes != "1,5" else ""),
+        "",
+        f"Machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB, "
+        f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')}. "
+        "How it is measured: the docstring of benchmarks/preprocess_bench.py.",
+        "",
+        "## ray_recall `ray-recall preprocess` (a fresh process each; local Ray started in-process)",
+        "",
+        "| interactions | users | items | input parquet | wall (whole command) | stage (Ray start excluded) "
+        "| rows/s (stage) | peak memory, process tree | peak, driver alone | output: sequences + splits |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in sizes:
+        r = ours[s]
+        out_bytes = sum(r["bytes"].values())
+        lines.append(f"| {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {logs[s]['bytes'] / 2**20:.0f} MiB "
+                     f"| {r['wall']:.1f} s | {r['stage_seconds']:.1f} s | {r['interactions'] / r['stage_seconds']:,.0f} "
+                     f"| {gib(r['peak_tree'])} | {gib(r['peak_root'])} "
+                     f"| {r['bytes']['sequences'] / 2**20:.0f} + {(out_bytes - r['bytes']['sequences']) / 2**20:.0f} MiB |")
+    lines += [""]
+    if peer:
+        lines += [
+            "## Beside torch-rechub 0.9.0 on the same logs, same run",
+            "",
+            "Peer: `generate_seq_feature_match` + `gen_model_input` (training rows with histories materialized); "
+            "ours: `ray-recall preprocess` (user, position, target; history cut at batch time).",
+            "",
+            "| interactions | | wall (whole command) | preparation alone | peak memory, process tree | training rows out "
+            "| speed-up, preparation (whole command) |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for s in sorted(peer):
+            p, r = peer[s], ours[s]
+            lines += [
+                f"| {p['interactions']:,} | torch-rechub | {p['wall']:.1f} s | {p['seconds']:.1f} s | {gib(p['peak_tree'])} "
+                f"| {p['train_rows']:,} | |",
+                f"| | ray_recall | {r['wall']:.1f} s | {r['stage_seconds']:.1f} s | {gib(r['peak_tree'])} "
+                f"| {r['train_samples']:,} | **{p['seconds'] / r['stage_seconds']:.1f}x** ({p['wall'] / r['wall']:.1f}x) |",
+            ]
+        lines += ["", "Peer steps: " + "; ".join(
+            f"{s:g}M " + ", ".join(f"{k} {v:.1f} s" for k, v in peer[s]["steps"].items()) for s in sorted(peer)) + ".", ""]
+    lines += ["## Targets", ""]
+    if 1 in peer:
+        speedup = peer[1]["seconds"] / ours[1]["stage_seconds"]
+        lines.append(f"- >= {TARGET_SPEEDUP:g}x the peer's speed at 1M: {speedup:.1f}x "
+                     f"(**{'met' if speedup >= TARGET_SPEEDUP else 'missed'}**).")
+    if 10 in ours:
+        r10 = ours[10]
+        lines.append(f"- 10M within {TARGET_10M_GIB:g} GiB peak: {gib(r10['peak_tree'])} "
+                     f"(**{'met' if r10['peak_tree'] <= TARGET_10M_GIB * GIB else 'missed'}**).")
+        if 1 in ours:
+            ratio = r10["stage_seconds"] / ours[1]["stage_seconds"]
+            wall_ratio = r10["wall"] / ours[1]["wall"]
+            lines.append(f"- time(10M) <= {TARGET_SCALING:g} x time(1M): stage {ratio:.1f}x, whole command {wall_ratio:.1f}x "
+                         f"(**{'met' if ratio <= TARGET_SCALING else 'missed'}**).")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1,5,10,50", help="millions of interactions, comma-separated")
+    ap.add_argument("--peer-sizes", default="1,5", help="sizes (among --sizes) the peer runs too; '' for none")
+    ap.add_argument("--work", default="/tmp/ray_recall_preprocess_bench", help="logs and run directories (large)")
+    ap.add_argument("--out", default=os.path.join(HERE, "preprocess.md"))
+    args = ap.parse_args()
+    sizes = [float(s) for s in args.sizes.split(",")]
+    os.makedirs(args.work, exist_ok=True)
+    logs = {}
+    for s in sizes:
+        logs[s] = generate(args.work, s)
+        print(f"log {s:g}M: {logs[s]['rows']:,} rows in {logs[s]['files']} files", flush=True)
+    peer = {}
+    peer_sizes = [float(s) for s in args.peer_sizes.split(",") if s]
+    if set(peer_sizes) - set(sizes):
+        raise SystemExit(f"--peer-sizes {args.peer_sizes} must be among --sizes {args.sizes}")
+    if peer_sizes and not os.path.exists(PEER_PY):
+        raise SystemExit("no .venv-peer: run `bash benchmarks/peer_env.sh` first (or pass --peer-sizes '')")
+    for s in peer_sizes:
+        peer[s] = run_peer(args.work, s)
+        print(f"peer {s:g}M: {peer[s]['wall']:.1f} s, peak {gib(peer[s]['peak_tree'])}", flush=True)
+    ours = {}
+    for s in sizes:
+        ours[s] = run_ours(args.work, s)
+        print(f"ours {s:g}M: {ours[s]['wall']:.1f} s wall, stage {ours[s]['stage_seconds']:.1f} s, "
+              f"peak {gib(ours[s]['peak_tree'])} (driver {gib(ours[s]['peak_root'])})", flush=True)
+    text = report(args, logs, ours, peer)
+    with open(args.out, "w") as f:
+        f.write(text)
+    with open(os.path.join(args.work, "results.json"), "w") as f:
+        json.dump({"logs": logs, "ours": ours, "peer": peer}, f, indent=1)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
