@@ -1,7 +1,9 @@
-"""The job entry points under a real `ray start --head` and a real `ray job submit`.
+"""The cluster path under a real `ray start --head`: `ray job submit` of the jobs, `serve deploy` of the endpoint.
 
 This is the path a cluster user takes: the repository is uploaded as the job's working_dir and
-`python jobs/<stage>.py` runs as the job's driver, joining the cluster through RAY_ADDRESS.
+`python jobs/<stage>.py` runs as the job's driver, joining the cluster through RAY_ADDRESS; then
+cluster/serve.yaml goes to the same head through the dashboard's REST API. (The whole pipeline as
+one job is submitted to the 2-node cluster of tests/test_multinode.py.)
 
 The head is private to this module: its own temp dir, its own ports (so it never meets the
 session's in-process Ray or anyone else's Ray on the machine), started in its own process group
@@ -12,13 +14,21 @@ on the machine.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
 
 from tests.conftest import tiny_config
-from tests.ray_head import HEAD_START_S, JOB_S, Head, start_head, stop_head
+from tests.ray_head import BIN, HEAD_START_S, JOB_S, REPO, Head, start_head, stop_head
+from tests.serve_http import free_port
+
+SERVE = str(BIN / "serve")
+SERVE_READY_S = 240
 
 
 @pytest.fixture(scope="module")
@@ -41,27 +51,6 @@ def _assert_succeeded(head: Head, submission_id: str, out: subprocess.CompletedP
     detail = (out.stdout[-3000:] + out.stderr[-3000:]) if out else head.job_logs(submission_id)[-4000:]
     assert info["status"] == "SUCCEEDED", f"{submission_id}: {info['status']} {info.get('message')}\n{detail}"
     return info
-
-
-@pytest.mark.timeout(HEAD_START_S + JOB_S + 120)
-def test_pipeline_job_submit(ray_head, tmp_path):
-    """Every stage as one job: the blocking submit streams the driver's output and succeeds."""
-    run_dir = tmp_path / "run"
-    cfg_path = _write_config(tmp_path, run_dir)
-    submission_id, out = ray_head.submit(
-        "jobs/pipeline.py", ["--config", str(cfg_path), "--run-dir", str(run_dir), "--samples", "0"], wait=True)
-    assert out.returncode == 0, f"ray job submit exited {out.returncode}:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    _assert_succeeded(ray_head, submission_id, out)
-    assert "[evaluate]" in out.stdout, out.stdout[-4000:]  # the driver's own output reached the client
-
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    model = tiny_config(run_dir).model.name
-    for name in (model, "most_popular"):
-        for key in ("recall@10", "ndcg@10", "mrr@10", "recall@20"):
-            assert 0.0 <= metrics["metrics"][name][key] <= 1.0, (name, key, metrics)
-    assert metrics["num_users"] > 0
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert set(manifest["stages"]) == {"preprocess", "train", "embed", "index", "evaluate"}
 
 
 @pytest.mark.timeout(2 * JOB_S + 120)
@@ -97,3 +86,62 @@ def test_stages_as_separate_jobs(ray_head, tmp_path):
     assert stages["preprocess"]["config_hash"] == cfg.section_hash("data")
     assert stages["train"]["config_hash"] == cfg.section_hash("data", "model", "train")
     assert stages["preprocess"]["finished_at"] == pre_finished  # the train job left the data stage alone
+
+
+def _serve_cli(head: Head, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([SERVE, *args, "--address", head.dashboard], env=head.env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.timeout(HEAD_START_S + SERVE_READY_S + 300)
+def test_serve_deploy_of_the_cluster_config(ray_head, trained_run, tmp_path):
+    """cluster/serve.yaml as shipped, but for its run_dir and port, through `serve deploy`: the endpoint answers
+    like the run's offline index, `serve status` reports it running with autoscaling bounds from the file."""
+    from ray_recall.serve.recaller import Recaller
+
+    cfg, _ = trained_run
+    config = yaml.safe_load((REPO / "cluster" / "serve.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"]["run_dir"] = os.path.abspath(cfg.run_dir)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    out = _serve_cli(ray_head, "deploy", str(path))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVE_READY_S
+        while True:
+            try:
+                health = requests.get(f"{url}/healthz", timeout=5)
+                if health.status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                status = _serve_cli(ray_head, "status")
+                pytest.fail(f"{url}/healthz not ready after {SERVE_READY_S} s:\n{status.stdout}{status.stderr}")
+            time.sleep(1.0)
+        assert health.json()["run"] == os.path.abspath(cfg.run_dir)
+
+        recaller = Recaller(cfg.run_dir)
+        for user in (recaller.user_raw[0], recaller.user_raw[-1]):
+            user = user.item() if hasattr(user, "item") else user
+            r = requests.post(f"{url}/recall", json={"user_id": user, "k": 5}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert [it["item_id"] for it in r.json()["items"]] == [it["item_id"] for it in recaller.recall(user, 5)]
+        assert requests.get(f"{url}/openapi.json", timeout=30).json()["info"]["title"] == "ray_recall"
+
+        status = _serve_cli(ray_head, "status")
+        assert status.returncode == 0, status.stderr
+        apps = yaml.safe_load(status.stdout)["applications"]
+        assert apps[app["name"]]["status"] == "RUNNING", status.stdout
+        deployment = apps[app["name"]]["deployments"]["RecallDeployment"]
+        assert deployment["status"] == "HEALTHY", status.stdout
+        bounds = app["deployments"][0]["autoscaling_config"]
+        assert bounds["min_replicas"] <= deployment["replica_states"]["RUNNING"] <= bounds["max_replicas"], status.stdout
+    finally:
+        down = _serve_cli(ray_head, "shutdown", "-y")
+        assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]

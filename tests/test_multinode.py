@@ -1,4 +1,6 @@
-"""A real 2-node Ray cluster on one machine: 2 training workers land on different nodes, checkpoints on shared storage."""
+"""A real 2-node Ray cluster on one machine: the whole pipeline as one `ray job submit`, its 2 training workers
+on different nodes, checkpoints on shared storage. (The single-node cluster path, each stage as its own job and
+`serve deploy`, is tests/test_job_submit.py.)"""
 
 import json
 import subprocess
@@ -54,8 +56,10 @@ def test_two_workers_on_two_nodes(two_nodes, tmp_path):
     config_path = tmp_path / "cfg.yaml"
     config_path.write_text(cfg.to_yaml())
     sub_id, out = head.submit("jobs/pipeline.py", ["--config", str(config_path), "--samples", "0"], wait=True)
+    assert out.returncode == 0, f"ray job submit exited {out.returncode}:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     info = head.wait_job(sub_id)
     assert info["status"] == "SUCCEEDED", head.job_logs(sub_id)[-4000:]
+    assert "[evaluate]" in out.stdout, out.stdout[-4000:]  # the driver's own output reached the blocking client
     workers = [json.loads((run_dir / "train_workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     nodes = {n["node_id"] for n in head.alive_nodes()}
     assert workers[0]["node_id"] != workers[1]["node_id"]  # one worker per node
@@ -64,3 +68,8 @@ def test_two_workers_on_two_nodes(two_nodes, tmp_path):
     assert checkpoints, "no checkpoint written to the shared run directory"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["metrics"]["dssm"]["recall@10"] > 0
+    for name in ("dssm", "most_popular"):
+        for key in ("recall@10", "ndcg@10", "mrr@10", "recall@20"):
+            assert 0.0 <= metrics["metrics"][name][key] <= 1.0, (name, key, metrics)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["stages"]) == {"preprocess", "train", "embed", "index", "evaluate"}

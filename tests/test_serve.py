@@ -141,3 +141,18 @@ def test_wrong_method_and_path_are_not_500(endpoint):
     url, _ = endpoint
     assert requests.get(f"{url}/recall", timeout=30).status_code == 405
     assert requests.post(f"{url}/nope", json={}, timeout=30).status_code == 404
+
+
+def test_openapi_schema_describes_the_endpoint(endpoint):
+    """FastAPI's schema is served: /recall takes the request model, /healthz is listed, 422 is documented."""
+    url, _ = endpoint
+    r = requests.get(f"{url}/openapi.json", timeout=30)
+    assert r.status_code == 200, r.text
+    spec = r.json()
+    assert spec["info"]["title"] == "ray_recall"
+    assert {"/recall", "/healthz"} <= set(spec["paths"]), sorted(spec["paths"])
+    recall = spec["paths"]["/recall"]["post"]
+    body_ref = recall["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    request_schema = spec["components"]["schemas"][body_ref.rsplit("/", 1)[-1]]
+    assert {"user_id", "history", "k", "exclude_seen", "exclude"} <= set(request_schema["properties"])
+    assert "422" in recall["responses"]
