@@ -200,7 +200,7 @@ def test_duplicate_rows_error(tmp_path):
 
 
 def test_sharded_synthetic_log_shares_the_catalogue_and_is_reproducible(tmp_path):
-    """write_sharded: one file per block of users, the catalogue and attributes of generate(), same files twice."""
+    """write_sharded: one file per block of users, the catalogue and taste groups of generate(), same files twice."""
     from ray_recall.config import SyntheticConfig
     from ray_recall.data.synthetic import generate, write_sharded
 
@@ -215,7 +215,10 @@ def test_sharded_synthetic_log_shares_the_catalogue_and_is_reproducible(tmp_path
         assert not part.duplicated(["user_id", "item_id"]).any()
     ref = generate(cfg)
     pd.testing.assert_frame_equal(pd.read_parquet(paths["items"]), ref["items"])
-    pd.testing.assert_frame_equal(pd.read_parquet(paths["users"]), ref["users"])
+    users = pd.read_parquet(paths["users"])
+    assert users["user_id"].tolist() == ref["users"]["user_id"].tolist()
+    # The same taste groups behind the hints: hints are right 70% of the time in both, so they mostly agree.
+    assert (users["taste"] == ref["users"]["taste"]).mean() > 0.45
     assert set(pd.concat(parts)["item_id"]) <= set(ref["items"]["item_id"])
     write_sharded(str(tmp_path / "b"), cfg, users_per_file=100)
     for f in files:

@@ -107,10 +107,11 @@ def write_sharded(out_dir: str, cfg: SyntheticConfig, users_per_file: int = 100_
     """A log too large to build in memory: interactions as one parquet file per `users_per_file` users.
 
     Writes out_dir/interactions/part-NNNNN.parquet, out_dir/users.parquet and out_dir/items.parquet
-    and returns their paths (the interactions directory for "interactions"). The catalogue and the
-    users' taste groups are those of `generate(cfg)`; each file's interactions come from a stream
-    seeded by (seed, file number), so the log is the same for the same config and file size (but
-    not the same rows as `generate`'s single stream). Memory is bounded by one file's users.
+    and returns their paths (the interactions directory for "interactions"). The items table and the
+    users' (hidden) taste groups are those of `generate(cfg)`; each file's interactions come from a
+    stream seeded by (seed, file number), so the log is the same for the same config and file size,
+    but neither its rows nor the users' noisy taste hints are `generate`'s. Memory is bounded by one
+    file's users.
     """
     import os
 
