@@ -99,7 +99,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-    model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to the GPU when use_gpu
+    # DDP when world > 1 (moved to the GPU when use_gpu). No buffer broadcast before every forward: the
+    # models' buffers (feature code tables, fixed routing logits) never change while training.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     device = ray.train.torch.get_device()
     core = getattr(model, "module", model)
 
