@@ -274,7 +274,8 @@ def generate_seq_features(data, *, user_col: str = "user_id", item_col: str = "i
             ("Action|Comedy"). None = every attribute column with a string value containing the separator.
         title_col: an item column shown beside recommendations (not a feature).
         max_len, min_user_interactions, num_partitions: as in the config's `data` section (None = its default:
-            a history window of 50, users with fewer than 3 interactions dropped, 4 partitions).
+            a history window of 50, users with fewer than 3 interactions dropped, one partition per million
+            interactions and at least 4).
         run_dir: where to write (local path or URI); None = a new temporary directory.
         log: receives the stage's progress lines (None = silent).
 
