@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import requests
 
+from tests.ray_head import free_ports
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_ready(url: str, routes: tuple[str, ...] = ("",), timeout: float = 180) -> None:
