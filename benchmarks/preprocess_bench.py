@@ -1,7 +1,7 @@
 """The data stage at scale: 1M to 50M synthetic interactions, beside torch-rechub at 1M and 5M, to benchmarks/preprocess.md.
 
     bash benchmarks/peer_env.sh                                   # once: .venv-peer with torch-rechub 0.9.0
-    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py                 # 1M, 5M, 10M, 50M (~10 min)
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py                 # 1M, 5M, 10M, 50M (~12 min)
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py --sizes 1 --peer-sizes 1 --out /tmp/pre.md
 
 The logs come from the project's seeded generator (`ray_recall.data.synthetic.write_sharded`): Zipf
@@ -18,6 +18,13 @@ torch-rechub 0.9.0's `generate_seq_feature_match` + `gen_model_input` (benchmark
 runs on the same 1M and 5M logs in the same benchmark run, measured the same way (not larger: it holds
 every training row's history as a Python list, 2.9 GiB at 1M, so 10M would not fit in this machine's
 24 GiB).
+
+Negatives are not part of the data stage: training draws them per batch, with the history windows,
+in each worker. To show that part at each size too, one process does what a training worker does
+before and during one epoch over the whole training split (`--assemble RUN_DIR`, measured the same
+way): load the sequences and popularity, build the sampler with every user's train-part positives,
+then assemble every batch of 4096 samples (50-item windows, 3 popularity^0.75 negatives, never a
+user's own item), without a model.
 """
 
 from __future__ import annotations
@@ -78,6 +85,48 @@ def generate(work: str, millions: float) -> dict:
         return json.load(f)
 
 
+BATCH = 4096
+NEGATIVES = 3
+
+
+def assemble_epoch(run_dir: str, out: str) -> None:
+    """One training worker's data work for one epoch, without a model (run in its own process)."""
+    import numpy as np
+
+    from ray_recall.data.negatives import NegativeSampler
+    from ray_recall.data.preprocess import load_items, load_meta, load_samples, load_sequences
+    from ray_recall.storage import RunDir
+    from ray_recall.train.batches import TrainBatchBuilder
+
+    run = RunDir(run_dir)
+    t0 = time.perf_counter()
+    meta = load_meta(run)
+    seqs = load_sequences(run, meta["num_users"])
+    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
+    sampler = NegativeSampler(counts, "word2vec", seqs.train_positive_keys(meta["num_items"]))
+    samples = load_samples(run, "train")
+    setup = time.perf_counter() - t0
+    build = TrainBatchBuilder(seqs, sampler, meta["max_len"], NEGATIVES, seed=0, epoch=0)
+    cols = {c: samples[c].to_numpy() for c in ("user_idx", "pos", "target")}
+    t0 = time.perf_counter()
+    for lo in range(0, len(samples), BATCH):
+        build({c: v[lo:lo + BATCH] for c, v in cols.items()})
+    with open(out, "w") as f:
+        json.dump({"setup_seconds": setup, "epoch_seconds": time.perf_counter() - t0, "samples": len(samples)}, f)
+
+
+def run_assemble(work: str, millions: float) -> dict:
+    out = os.path.join(work, f"assemble_{millions:g}m.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--assemble", os.path.join(work, f"run_{millions:g}m"), out]
+    res = run_measured(cmd, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"),
+                       log_path=os.path.join(work, f"assemble_{millions:g}m.log"))
+    if res["rc"] != 0:
+        raise SystemExit(f"batch assembly {millions:g}M failed (rc {res['rc']})")
+    with open(out) as f:
+        res.update(json.load(f))
+    return res
+
+
 def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -98,6 +147,7 @@ def run_ours(work: str, millions: float) -> dict:
     res.update(stage_seconds=meta["seconds"], interactions=meta["num_interactions"], users=meta["num_users"],
                items=meta["num_items"], train_samples=meta["samples"]["train"],
                bytes={part: du(os.path.join(run_dir, "data", part)) for part in ("sequences", "train", "val", "test")})
+    res["assemble"] = run_assemble(work, millions)
     shutil.rmtree(run_dir, ignore_errors=True)
     return res
 
@@ -146,6 +196,21 @@ def report(args, logs: dict, ours: dict, peer: dict | None) -> str:
                      f"| {r['wall']:.1f} s | {r['stage_seconds']:.1f} s | {r['interactions'] / r['stage_seconds']:,.0f} "
                      f"| {gib(r['peak_tree'])} | {gib(r['peak_root'])} "
                      f"| {r['bytes']['sequences'] / 2**20:.0f} + {(out_bytes - r['bytes']['sequences']) / 2**20:.0f} MiB |")
+    lines += [
+        "",
+        "## Negatives and history windows at training time (one worker's share: here the whole split)",
+        "",
+        f"Batches of {BATCH} samples with 50-item windows and {NEGATIVES} popularity^0.75 negatives (never the user's "
+        "own item), built as a training worker builds them, in one process with one thread and no model.",
+        "",
+        "| interactions | training samples | set-up (sequences, popularity, positives) | one epoch of batches "
+        "| samples/s | peak memory |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in sizes:
+        a = ours[s]["assemble"]
+        lines.append(f"| {ours[s]['interactions']:,} | {a['samples']:,} | {a['setup_seconds']:.1f} s | {a['epoch_seconds']:.1f} s "
+                     f"| {a['samples'] / a['epoch_seconds']:,.0f} | {gib(a['peak_tree'])} |")
     lines += [""]
     if peer:
         lines += [
@@ -187,6 +252,8 @@ def report(args, logs: dict, ours: dict, peer: dict | None) -> str:
 
 
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--assemble":
+        return assemble_epoch(sys.argv[2], sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="1,5,10,50", help="millions of interactions, comma-separated")
     ap.add_argument("--peer-sizes", default="1,5", help="sizes (among --sizes) the peer runs too; '' for none")
@@ -212,7 +279,9 @@ def main() -> None:
     for s in sizes:
         ours[s] = run_ours(args.work, s)
         print(f"ours {s:g}M: {ours[s]['wall']:.1f} s wall, stage {ours[s]['stage_seconds']:.1f} s, "
-              f"peak {gib(ours[s]['peak_tree'])} (driver {gib(ours[s]['peak_root'])})", flush=True)
+              f"peak {gib(ours[s]['peak_tree'])} (driver {gib(ours[s]['peak_root'])}); batches "
+              f"{ours[s]['assemble']['epoch_seconds']:.1f} s an epoch, peak {gib(ours[s]['assemble']['peak_tree'])}",
+              flush=True)
     text = report(args, logs, ours, peer)
     with open(args.out, "w") as f:
         f.write(text)
