@@ -176,5 +176,6 @@ class SequenceTable:
         keep = np.maximum(lengths - 2, 0)
         users = np.repeat(np.arange(len(lengths)), keep)
         within = np.arange(keep.sum()) - np.repeat(np.cumsum(keep) - keep, keep)
-        keys = users.astype(np.int64) * (num_items + 1) + self.items[self.offsets[users] + within]
-        return np.unique(keys)
+        keys = np.sort(users.astype(np.int64) * (num_items + 1) + self.items[self.offsets[users] + within])
+        # Not np.unique: for int64 on numpy 2.4 it took 10 s for 10M keys where a sort takes 0.1 s.
+        return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
