@@ -154,12 +154,19 @@ class Head:
         reply = http_json(f"{self.dashboard}/api/v0/actors?limit=10000&detail=true", timeout=10)
         return [a for a in reply["data"]["result"]["result"] if a.get("class_name") == class_name]
 
-    def submit(self, script: str, args: list[str], *, wait: bool, timeout: float = JOB_S) -> tuple[str, subprocess.CompletedProcess]:
-        """`ray job submit` of `python <script> <args>` with the repository as working_dir."""
+    def submit(self, script: str, args: list[str], *, wait: bool, timeout: float = JOB_S,
+               working_dir: bool = True) -> tuple[str, subprocess.CompletedProcess]:
+        """`ray job submit` of `python <script> <args>` with the repository as working_dir.
+
+        working_dir=False runs the repository's script in place instead (the package is installed in
+        this interpreter's environment). For fake multinode clusters: their nodes share the head's
+        session directory, and a node joining while the job runs unpacks the job's working_dir package
+        again over the one the job's processes run in, deleting their working directory under them.
+        """
         submission_id = f"rr_{Path(script).stem}_{uuid.uuid4().hex[:8]}"
-        cmd = [RAY, "job", "submit", "--address", self.dashboard, "--submission-id", submission_id,
-               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(RUNTIME_ENV),
-               *([] if wait else ["--no-wait"]), "--", "python", script, *args]
+        upload = ["--working-dir", str(REPO), "--runtime-env-json", json.dumps(RUNTIME_ENV)] if working_dir else []
+        cmd = [RAY, "job", "submit", "--address", self.dashboard, "--submission-id", submission_id, *upload,
+               *([] if wait else ["--no-wait"]), "--", "python", script if working_dir else str(REPO / script), *args]
         out = subprocess.run(cmd, env=self.env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
         return submission_id, out
 
