@@ -115,16 +115,22 @@ def assemble_epoch(run_dir: str, out: str) -> None:
         json.dump({"setup_seconds": setup, "epoch_seconds": time.perf_counter() - t0, "samples": len(samples)}, f)
 
 
+def measured(what: str, cmd: list[str], log_path: str, env: dict | None = None, out_json: str | None = None) -> dict:
+    """run_measured(cmd), stopping the benchmark if it fails; with out_json, the figures the command wrote there too."""
+    res = run_measured(cmd, env=env, log_path=log_path)
+    if res["rc"] != 0:
+        raise SystemExit(f"{what} failed (rc {res['rc']}); see {log_path}")
+    if out_json:
+        with open(out_json) as f:
+            res.update(json.load(f))
+    return res
+
+
 def run_assemble(work: str, millions: float) -> dict:
     out = os.path.join(work, f"assemble_{millions:g}m.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--assemble", os.path.join(work, f"run_{millions:g}m"), out]
-    res = run_measured(cmd, env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"),
-                       log_path=os.path.join(work, f"assemble_{millions:g}m.log"))
-    if res["rc"] != 0:
-        raise SystemExit(f"batch assembly {millions:g}M failed (rc {res['rc']})")
-    with open(out) as f:
-        res.update(json.load(f))
-    return res
+    return measured(f"batch assembly {millions:g}M", cmd, os.path.join(work, f"assemble_{millions:g}m.log"),
+                    env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"), out_json=out)
 
 
 def du(path: str) -> int:
@@ -137,11 +143,8 @@ def run_ours(work: str, millions: float) -> dict:
     cmd = [sys.executable, "-m", "ray_recall.cli", "preprocess", "--run-dir", run_dir,
            "--set", "data.source=table", "--set", f"data.path={log_dir(work, millions)}/interactions"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=ROOT)
-    log_path = os.path.join(work, f"ours_{millions:g}m.log")
     print(f"ours {millions:g}M: {shlex.join(cmd)}", flush=True)
-    res = run_measured(cmd, env=env, log_path=log_path)
-    if res["rc"] != 0:
-        raise SystemExit(f"ours {millions:g}M failed (rc {res['rc']}); see {log_path}")
+    res = measured(f"ours {millions:g}M", cmd, os.path.join(work, f"ours_{millions:g}m.log"), env=env)
     with open(os.path.join(run_dir, "data", "meta.json")) as f:
         meta = json.load(f)
     res.update(stage_seconds=meta["seconds"], interactions=meta["num_interactions"], users=meta["num_users"],
@@ -156,12 +159,7 @@ def run_peer(work: str, millions: float) -> dict:
     out = os.path.join(work, f"peer_{millions:g}m.json")
     cmd = [PEER_PY, os.path.join(HERE, "peer_preprocess.py"), "--log", log_dir(work, millions), "--out", out]
     print(f"peer {millions:g}M: {shlex.join(cmd)}", flush=True)
-    res = run_measured(cmd, log_path=os.path.join(work, f"peer_{millions:g}m.log"))
-    if res["rc"] != 0:
-        raise SystemExit(f"peer {millions:g}M failed (rc {res['rc']})")
-    with open(out) as f:
-        res.update(json.load(f))
-    return res
+    return measured(f"peer {millions:g}M", cmd, os.path.join(work, f"peer_{millions:g}m.log"), out_json=out)
 
 
 def gib(b: float) -> str:
