@@ -77,6 +77,9 @@ class DataConfig:
     # Hash partitions of the log by user when building sequences (one task each); None = one per
     # million interactions, at least 4.
     num_partitions: int | None = None
+    # Logs of at most this many interactions are prepared in the driver's process (the same functions and
+    # output as on Ray Data, without its ~10 s of fixed cost); larger ones on Ray Data. 0 = always Ray Data.
+    in_process_max_rows: int = 2_000_000
     duplicates: str = "drop"  # rows repeating a (user, item, timestamp): drop (counted in data/meta.json) | error
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when source == synthetic
 
@@ -89,6 +92,7 @@ class DataConfig:
         _check_positive("data.max_len", self.max_len)
         if self.num_partitions is not None:
             _check_positive("data.num_partitions", self.num_partitions)
+        _check_positive("data.in_process_max_rows", self.in_process_max_rows, allow_zero=True)
         if self.min_user_interactions < 3:
             raise ConfigError(
                 f"data.min_user_interactions={self.min_user_interactions} must be >= 3 "

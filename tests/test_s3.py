@@ -39,8 +39,9 @@ def s3():
         server.stop()
 
 
-def _cfg(path: str, run_dir: str) -> PipelineConfig:
-    return PipelineConfig.from_dict({"run_dir": run_dir, "data": {"source": "table", "path": path, "num_partitions": 2}})
+def _cfg(path: str, run_dir: str, in_process_max_rows: int = 0) -> PipelineConfig:
+    return PipelineConfig.from_dict({"run_dir": run_dir, "data": {"source": "table", "path": path, "num_partitions": 2,
+                                                                  "in_process_max_rows": in_process_max_rows}})
 
 
 def _files(fs, root: str) -> list[str]:
@@ -68,8 +69,9 @@ def test_preprocess_on_s3_matches_local(s3, tmp_path, ray_session):
     log.to_parquet(tmp_path / "log.parquet", index=False)
     pq.write_table(pa.Table.from_pandas(log, preserve_index=False), "recall/log.parquet", filesystem=fs)
 
+    # On S3 through Ray Data (the path of large logs); the local reference in this process (that of small ones).
     s3_cfg = _cfg(f"s3://recall/log.parquet?{opts}", f"s3://recall/runs/r1?{opts}")
-    local_cfg = _cfg(str(tmp_path / "log.parquet"), str(tmp_path / "run"))
+    local_cfg = _cfg(str(tmp_path / "log.parquet"), str(tmp_path / "run"), in_process_max_rows=10_000)
     for cfg in (s3_cfg, local_cfg):
         run_pipeline(cfg, stages=("preprocess",), log=lambda *_: None)
 
@@ -92,3 +94,13 @@ def test_preprocess_on_s3_matches_local(s3, tmp_path, ray_session):
     assert np.array_equal(P.load_user_ids(remote), P.load_user_ids(local))
     seq_a, seq_b = (P.load_sequences(r, meta["num_users"]) for r in (remote, local))
     assert np.array_equal(seq_a.offsets, seq_b.offsets) and np.array_equal(seq_a.items, seq_b.items)
+
+    # A small log on S3 in this process: read from and written to the bucket the same way.
+    small_cfg = _cfg(f"s3://recall/log.parquet?{opts}", f"s3://recall/runs/r2?{opts}", in_process_max_rows=10_000)
+    lines = []
+    run_pipeline(small_cfg, stages=("preprocess",), log=lines.append)
+    assert any("in this process" in line for line in lines), lines
+    small = RunDir(small_cfg.run_dir)
+    assert strip(P.load_meta(small)) == strip(meta)
+    for split in ("train", "val", "test"):
+        assert P.load_samples(small, split).equals(P.load_samples(local, split)), split

@@ -58,7 +58,15 @@ def test_grouplens_layouts(tmp_path):
         load_source(DataConfig(source="movielens", path=str(tmp_path)))
 
 
-def _table_cfg(tmp_path, path, **data):
+@pytest.fixture(params=["ray_data", "in_process"])
+def stage(request):
+    """The data stage's two paths: Ray Data (any size) and in this process (small logs); both must behave alike."""
+    return request.param
+
+
+def _table_cfg(tmp_path, path, stage="in_process", **data):
+    if stage == "ray_data":
+        data["in_process_max_rows"] = 0
     return PipelineConfig.from_dict({"run_dir": str(tmp_path / "run"),
                                      "data": {"source": "table", "path": str(path), **data}})
 
@@ -70,11 +78,11 @@ def _log(n_users=6, per_user=5):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_table_with_column_mapping_and_inline_features(tmp_path, fmt):
+def test_table_with_column_mapping_and_inline_features(tmp_path, fmt, stage):
     df = _log()
     path = tmp_path / f"log.{fmt}"
     df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
-    cfg = _table_cfg(tmp_path, path, user_col="uid", item_col="iid", time_col="ts", user_feature_cols=["segment"],
+    cfg = _table_cfg(tmp_path, path, stage, user_col="uid", item_col="iid", time_col="ts", user_feature_cols=["segment"],
                      item_feature_cols=["tags"], multi_value_cols=["tags"])
     run = RunDir(cfg.run_dir)
     meta = preprocess(cfg, run, log=lambda *_: None)
@@ -121,48 +129,48 @@ def test_missing_column_names_it_and_the_found_ones(tmp_path):
     _expect_error(tmp_path, cfg, "missing column 'user'", "uid", str(path))
 
 
-def test_empty_file(tmp_path):
+def test_empty_file(tmp_path, stage):
     path = tmp_path / "empty.csv"
     path.write_text("")
-    _expect_error(tmp_path, _table_cfg(tmp_path, path), str(path))
+    _expect_error(tmp_path, _table_cfg(tmp_path, path, stage), str(path))
     header_only = tmp_path / "header.csv"
     header_only.write_text("user_id,item_id,timestamp\n")
-    _expect_error(tmp_path, _table_cfg(tmp_path, header_only), "no interactions")
+    _expect_error(tmp_path, _table_cfg(tmp_path, header_only, stage), "no interactions")
 
 
-def test_non_numeric_timestamp(tmp_path):
+def test_non_numeric_timestamp(tmp_path, stage):
     df = _log().rename(columns={"uid": "user_id", "iid": "item_id", "ts": "timestamp"})
     df["timestamp"] = df["timestamp"].astype(str)
     df.loc[7, "timestamp"] = "yesterday"
     path = tmp_path / "log.csv"
     df.to_csv(path, index=False)
-    _expect_error(tmp_path, _table_cfg(tmp_path, path), "'timestamp' is not numeric", "yesterday")
+    _expect_error(tmp_path, _table_cfg(tmp_path, path, stage), "'timestamp' is not numeric", "yesterday")
 
 
-def test_missing_timestamp(tmp_path):
+def test_missing_timestamp(tmp_path, stage):
     path = tmp_path / "log.csv"
     path.write_text("user_id,item_id,timestamp\n1,1,100\n1,2,\n1,3,102\n")
-    _expect_error(tmp_path, _table_cfg(tmp_path, path), str(path), "'timestamp' has missing values")
+    _expect_error(tmp_path, _table_cfg(tmp_path, path, stage), str(path), "'timestamp' has missing values")
 
 
-def test_null_and_negative_ids(tmp_path):
+def test_null_and_negative_ids(tmp_path, stage):
     df = pd.DataFrame({"user_id": [1.0, np.nan, 2.0], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
     df.to_parquet(tmp_path / "nulls.parquet")
-    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nulls.parquet"), "'user_id' has null values",
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nulls.parquet", stage), "'user_id' has null values",
                   str(tmp_path / "nulls.parquet"))
     df = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [1, -2, 3], "timestamp": [1, 2, 3]})
     df.to_parquet(tmp_path / "neg.parquet")
-    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "neg.parquet"), "'item_id' has a negative id (-2)")
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "neg.parquet", stage), "'item_id' has a negative id (-2)")
 
 
 def test_missing_file(tmp_path):
     _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nope.parquet"), "nope.parquet")
 
 
-def test_short_users_are_dropped_and_counted(tmp_path):
+def test_short_users_are_dropped_and_counted(tmp_path, stage):
     df = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [1, 2, 3, 1, 2], "timestamp": [1, 2, 3, 1, 2]})
     df.to_parquet(tmp_path / "log.parquet")
-    cfg = _table_cfg(tmp_path, tmp_path / "log.parquet")
+    cfg = _table_cfg(tmp_path, tmp_path / "log.parquet", stage)
     run = RunDir(cfg.run_dir)
     meta = preprocess(cfg, run, log=lambda *_: None)
     assert meta["dropped_users"] == 1 and meta["num_sequence_users"] == 1
@@ -179,9 +187,9 @@ def _log_with_duplicates(tmp_path):
     return df, path
 
 
-def test_duplicate_rows_dropped_and_counted(tmp_path):
+def test_duplicate_rows_dropped_and_counted(tmp_path, stage):
     df, path = _log_with_duplicates(tmp_path)
-    cfg = _table_cfg(tmp_path, path)
+    cfg = _table_cfg(tmp_path, path, stage)
     lines = []
     meta = preprocess(cfg, RunDir(cfg.run_dir), log=lines.append)
     assert meta["duplicate_rows_dropped"] == 3 and meta["duplicates"] == "drop"
@@ -190,11 +198,11 @@ def test_duplicate_rows_dropped_and_counted(tmp_path):
     assert json.loads((tmp_path / "run" / "data" / "meta.json").read_text())["duplicate_rows_dropped"] == 3
 
 
-def test_duplicate_rows_error(tmp_path):
+def test_duplicate_rows_error(tmp_path, stage):
     df, path = _log_with_duplicates(tmp_path)
     row = df.iloc[7]  # the first duplicate found may be either repeated row
     other = df.iloc[20]
-    msg = _expect_error(tmp_path, _table_cfg(tmp_path, path, duplicates="error"), str(path), "duplicate rows",
+    msg = _expect_error(tmp_path, _table_cfg(tmp_path, path, stage, duplicates="error"), str(path), "duplicate rows",
                         "data.duplicates=drop")
     assert any(f"user {r.user_id!r}, item {r.item_id}, timestamp {r.timestamp}" in msg for r in (row, other)), msg
 
@@ -223,3 +231,64 @@ def test_sharded_synthetic_log_shares_the_catalogue_and_is_reproducible(tmp_path
     write_sharded(str(tmp_path / "b"), cfg, users_per_file=100)
     for f in files:
         pd.testing.assert_frame_equal(pd.read_parquet(f), pd.read_parquet(tmp_path / "b" / "interactions" / f.name))
+
+
+def _stage_files(run_root) -> dict:
+    """Every table the data stage wrote, by directory, in file-name order; meta.json without its timing."""
+    out = {}
+    for part in ("sequences", "train", "val", "test"):
+        out[part] = [pd.read_parquet(f) for f in sorted((run_root / "data" / part).glob("*.parquet"))]
+    for name in ("users.parquet", "items.parquet"):
+        out[name] = pd.read_parquet(run_root / "data" / name)
+    meta = json.loads((run_root / "data" / "meta.json").read_text())
+    meta.pop("seconds")
+    out["meta"] = meta
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_in_process_path_writes_what_ray_data_writes(tmp_path, fmt):
+    """A small log prepared in this process gives the files Ray Data gives, file for file and row for row
+    (string ids, ties, duplicates, short users, several partitions): training then sees the same batches."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    df = pd.DataFrame({"uid": [f"user-{u}" for u in rng.integers(0, 180, n)], "iid": rng.integers(0, 90, n),
+                       "ts": rng.integers(0, 40, n)})  # few timestamps: many ties
+    short = pd.DataFrame({"uid": ["short-1", "short-1", "short-2"], "iid": [1, 2, 3], "ts": [5, 6, 7]})
+    df = pd.concat([df, df.iloc[:25], short])  # duplicate rows, users with too few interactions
+    path = tmp_path / f"log.{fmt}"
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    written, lines = {}, []
+    for stage in ("ray_data", "in_process"):
+        cfg = _table_cfg(tmp_path / stage, path, stage, user_col="uid", item_col="iid", time_col="ts", num_partitions=5)
+        preprocess(cfg, RunDir(cfg.run_dir), log=lines.append)
+        written[stage] = _stage_files(tmp_path / stage / "run")
+    assert any("in this process" in line for line in lines) and not all("in this process" in line for line in lines)
+    ray_data, in_process = written["ray_data"], written["in_process"]
+    assert ray_data["meta"] == in_process["meta"]
+    assert ray_data["meta"]["duplicate_rows_dropped"] >= 25 and ray_data["meta"]["dropped_users"] > 0
+    assert len(ray_data["sequences"]) == 5
+    for key in ray_data:
+        if key == "meta":
+            continue
+        a, b = ray_data[key], in_process[key]
+        if isinstance(a, list):
+            assert len(a) == len(b), key
+            for x, y in zip(a, b):
+                pd.testing.assert_frame_equal(x, y, obj=key)
+        else:
+            pd.testing.assert_frame_equal(a, b, obj=key)
+
+
+def test_small_log_threshold(tmp_path):
+    """data.in_process_max_rows: exact for parquet (footers) and in-memory logs, a size estimate for CSV."""
+    df = pd.DataFrame({"user_id": np.arange(1000) % 50, "item_id": np.arange(1000) % 7, "timestamp": np.arange(1000)})
+    df.to_parquet(tmp_path / "log.parquet", index=False)
+    local = load_source(DataConfig(source="table", path=str(tmp_path / "log.parquet"))).local
+    assert local.has_at_most(1000) and not local.has_at_most(999)
+    assert local.read().column_names == ["user_id", "item_id", "timestamp"] and local.read().num_rows == 1000
+    df.to_csv(tmp_path / "log.csv", index=False)  # ~10 bytes a row here: estimated at about 1000 rows
+    local = load_source(DataConfig(source="table", path=str(tmp_path / "log.csv"))).local
+    assert local.has_at_most(2000) and not local.has_at_most(100)
+    synthetic = load_source(DataConfig(source="synthetic")).local
+    assert synthetic.has_at_most(synthetic.read().num_rows) and not synthetic.has_at_most(synthetic.read().num_rows - 1)

@@ -20,9 +20,11 @@ import time
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 from ray.data.aggregate import AggregateFnV2, Count, Sum, Unique
+from ray.data._internal.arrow_ops.transform_pyarrow import _hash_partition_vectorized
 from ray.data.context import ShuffleStrategy
 
 from ray_recall.config import PipelineConfig
@@ -109,11 +111,25 @@ def _global_aggregate(ds: ray.data.Dataset, *aggs) -> dict:
         ds.context.shuffle_strategy = previous
 
 
-def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
-    """Run the data stage; returns the statistics written to data/meta.json."""
+def _partitions(cfg: PipelineConfig, num_rows: int) -> int:
+    return cfg.data.num_partitions or max(4, -(-num_rows // INTERACTIONS_PER_PARTITION))
+
+
+def _sequence_kwargs(cfg: PipelineConfig, raw, user_vocab: np.ndarray, item_vocab: np.ndarray) -> dict:
+    kwargs = {"min_len": cfg.data.min_user_interactions, "duplicates": cfg.data.duplicates, "source": raw.description}
+    if cfg.data.duplicates == "error":  # the vocabularies only name an offending row in the original ids
+        kwargs.update(user_vocab=user_vocab, item_vocab=item_vocab)
+    return kwargs
+
+
+def _no_users_error(cfg: PipelineConfig, raw) -> DataError:
+    return DataError(f"{raw.description}: no user has {cfg.data.min_user_interactions} or more interactions "
+                     "(data.min_user_interactions)")
+
+
+def _on_ray_data(cfg: PipelineConfig, raw, run: RunDir, tmp: str, log) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Sequences and splits written under `tmp` by Ray Data; returns the vocabularies and the statistics."""
     t0 = time.perf_counter()
-    raw = load_source(cfg.data)
-    log(f"[data] reading {raw.description}")
     try:
         validated = raw.interactions.map_batches(_validate_only, fn_kwargs={"source": raw.description}, batch_format="pyarrow",
                                                  batch_size=None)
@@ -129,51 +145,100 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
         raise DataError(f"{raw.description}: no interactions (the input is empty)")
     user_vocab = _sorted_vocab(found[f"unique({USER})"], USER)
     item_vocab = _sorted_vocab(found[f"unique({ITEM})"], ITEM)
-    num_partitions = cfg.data.num_partitions or max(4, -(-num_rows // INTERACTIONS_PER_PARTITION))
+    num_partitions = _partitions(cfg, num_rows)
     log(f"[data] {num_rows:,} rows, {len(user_vocab):,} users, {len(item_vocab):,} items; "
         f"building sequences in {num_partitions} partitions")
 
     encoded = raw.interactions.map_batches(
         _validated_encode, fn_kwargs={"user_vocab": user_vocab, "item_vocab": item_vocab, "source": raw.description},
         batch_format="pyarrow", batch_size=None)
-    # Duplicates are found here, where all rows of a user are in one block; the vocabularies travel
-    # with the tasks only to name an offending row in the original ids.
-    seq_kwargs = {"min_len": cfg.data.min_user_interactions, "duplicates": cfg.data.duplicates, "source": raw.description}
-    if cfg.data.duplicates == "error":
-        seq_kwargs.update(user_vocab=user_vocab, item_vocab=item_vocab)
+    # Duplicates are found here, where all rows of a user are in one block.
     sequences = encoded.repartition(num_partitions, keys=["user_idx"]).map_batches(
-        seq.build_sequences, fn_kwargs=seq_kwargs, batch_format="pyarrow", batch_size=None)
+        seq.build_sequences, fn_kwargs=_sequence_kwargs(cfg, raw, user_vocab, item_vocab), batch_format="pyarrow",
+        batch_size=None)
+    try:
+        sequences.write_parquet(run.uri_of(tmp, "sequences"))
+    except Exception as e:  # a DataError (e.g. a duplicate row) raised inside a task arrives wrapped
+        err = unwrap_error(e)
+        if isinstance(err, RayRecallError):
+            raise err from None
+        raise
+    seq_ds = ray.data.read_parquet(run.uri_of(tmp, "sequences"))
+    # One pass for the statistics and the samplers' popularity.
+    found = _global_aggregate(seq_ds, Count(), Sum("length"), Sum("duplicates"), TrainPartItemCounts(len(item_vocab)))
+    stats = {"users": int(found["count()"] or 0), "interactions": int(found["sum(length)"] or 0),
+             "duplicates": int(found["sum(duplicates)"] or 0), "item_counts": found["item_counts"]}
+    if stats["users"] == 0:
+        raise _no_users_error(cfg, raw)
+    log(f"[data] sequences: {stats['users']:,} users, {stats['interactions']:,} interactions "
+        f"({time.perf_counter() - t0:.1f}s); writing splits")
+    for split in ("train", "val", "test"):
+        if split == "train" and stats["interactions"] == 3 * stats["users"]:
+            _write_arrow(run, seq.SAMPLE_SCHEMA.empty_table(), tmp, split, "empty.parquet")  # Ray Data would write no file
+            continue
+        out = seq_ds.map_batches(seq.split_samples, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
+        # Rows in sequence-file order, not in whichever order the tasks finish: training reads
+        # them in file order, so the same log gives the same batches (and the same model) on any cluster.
+        out.context.execution_options.preserve_order = True
+        out.write_parquet(run.uri_of(tmp, split))
+    return user_vocab, item_vocab, stats
 
+
+def _in_process(cfg: PipelineConfig, raw, run: RunDir, tmp: str, log) -> tuple[np.ndarray, np.ndarray, dict]:
+    """`_on_ray_data` for a small log, in this process: the same functions, the same files.
+
+    For a log that Ray Data prepares in ~10 s of fixed cost (scheduling its executions, starting the
+    shuffle), this takes well under a second per million rows. Sequences are written one file per
+    hash partition of Ray Data's keyed repartition, users sorted within each, and every split as one
+    file in that order: what Ray Data writes for such a log, so training sees the same batches.
+    """
+    try:
+        table = raw.local.read()
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{raw.description}: cannot read interactions: {str(e).strip().splitlines()[-1]}") from None
+    if table.num_rows == 0:
+        raise DataError(f"{raw.description}: no interactions (the input is empty)")
+    table = validate_and_normalize(table, raw.description)
+    user_vocab = _sorted_vocab(pc.unique(table.column(USER)).to_pylist(), USER)
+    item_vocab = _sorted_vocab(pc.unique(table.column(ITEM)).to_pylist(), ITEM)
+    num_partitions = _partitions(cfg, table.num_rows)
+    log(f"[data] {table.num_rows:,} rows, {len(user_vocab):,} users, {len(item_vocab):,} items")
+    sequences = seq.build_sequences(encode_ids(table, user_vocab, item_vocab),
+                                    **_sequence_kwargs(cfg, raw, user_vocab, item_vocab))
+    del table
+    if sequences.num_rows == 0:
+        raise _no_users_error(cfg, raw)
+    part = np.asarray(_hash_partition_vectorized(sequences.select(["user_idx"]), num_partitions), dtype=np.int64)
+    sequences = sequences.take(np.argsort(part, kind="stable"))  # users stay sorted within a partition
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(part, minlength=num_partitions))])
+    for p in range(num_partitions):
+        if bounds[p + 1] > bounds[p]:
+            _write_arrow(run, sequences.slice(bounds[p], bounds[p + 1] - bounds[p]), tmp, "sequences", f"part-{p:05d}.parquet")
+    for split in ("train", "val", "test"):
+        _write_arrow(run, seq.split_samples(sequences, split), tmp, split, "part-00000.parquet")
+    lengths = sequences.column("length").to_numpy()
+    return user_vocab, item_vocab, {
+        "users": sequences.num_rows, "interactions": int(lengths.sum()),
+        "duplicates": int(pc.sum(sequences.column("duplicates")).as_py() or 0),
+        "item_counts": seq.train_part_item_counts(sequences.column("items"), len(item_vocab) + 1)}
+
+
+def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
+    """Run the data stage; returns the statistics written to data/meta.json.
+
+    A log of at most `data.in_process_max_rows` interactions is prepared in this process with the
+    same block functions and written in the same layout (`_in_process`); a larger one on Ray Data.
+    """
+    t0 = time.perf_counter()
+    raw = load_source(cfg.data)
+    in_process = raw.local is not None and raw.local.has_at_most(cfg.data.in_process_max_rows)
+    log(f"[data] reading {raw.description}" + (" (in this process: a small log)" if in_process else ""))
     with run.staged_dir("data") as tmp:
-        try:
-            sequences.write_parquet(run.uri_of(tmp, "sequences"))
-        except Exception as e:  # a DataError (e.g. a duplicate row) raised inside a task arrives wrapped
-            err = unwrap_error(e)
-            if isinstance(err, RayRecallError):
-                raise err from None
-            raise
-        seq_ds = ray.data.read_parquet(run.uri_of(tmp, "sequences"))
-        # One pass for the statistics and the samplers' popularity.
-        stats = _global_aggregate(seq_ds, Count(), Sum("length"), Sum("duplicates"), TrainPartItemCounts(len(item_vocab)))
-        num_seq_users = int(stats["count()"] or 0)
-        if num_seq_users == 0:
-            raise DataError(f"{raw.description}: no user has {cfg.data.min_user_interactions} or more interactions "
-                            "(data.min_user_interactions)")
-        num_interactions, num_duplicates = int(stats["sum(length)"]), int(stats["sum(duplicates)"])
-        log(f"[data] sequences: {num_seq_users:,} users, {num_interactions:,} interactions "
-            f"({time.perf_counter() - t0:.1f}s); writing splits")
+        user_vocab, item_vocab, stats = (_in_process if in_process else _on_ray_data)(cfg, raw, run, tmp, log)
+        num_seq_users, num_interactions, num_duplicates = stats["users"], stats["interactions"], stats["duplicates"]
         # Every kept user has >= 3 items: one validation and one test sample each, and a train sample
         # at every position from 1 to n-3 (position 0 has no history), n - 3 in all.
         counts = {"train": num_interactions - 3 * num_seq_users, "val": num_seq_users, "test": num_seq_users}
-        for split in ("train", "val", "test"):
-            if counts[split] == 0:  # Ray Data would write no file at all
-                _write_arrow(run, seq.SAMPLE_SCHEMA.empty_table(), tmp, split, "empty.parquet")
-                continue
-            out = seq_ds.map_batches(seq.split_samples, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
-            # Rows in sequence-file order, not in whichever order the tasks finish: training reads
-            # them in file order, so the same log gives the same batches (and the same model) on any cluster.
-            out.context.execution_options.preserve_order = True
-            out.write_parquet(run.uri_of(tmp, split))
         item_counts = stats["item_counts"]
 
         user_codes, user_values = encode_features(raw.users, USER, user_vocab, raw.user_feature_cols, raw.multi_value_cols,

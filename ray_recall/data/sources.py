@@ -3,8 +3,10 @@
 Every source yields a `RawData`:
   interactions  ray.data.Dataset with columns user_id, item_id, timestamp (float64 seconds)
   users / items pandas DataFrames keyed by user_id / item_id with attribute columns (one row per id), or None
-Attribute tables hold one row per distinct id, so they may live on the driver;
-the interaction log never does.
+  local        the same log read in this process by pyarrow alone (`LocalLog`), for logs small enough
+               that the data stage skips Ray Data's fixed cost; None where a source cannot offer it
+Attribute tables hold one row per distinct id, so they may live on the driver; the interaction log
+does only below the data stage's `data.in_process_max_rows`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,62 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray.data
 
 from ray_recall.config import DataConfig
 from ray_recall.errors import DataError
 
 USER, ITEM, TIME = "user_id", "item_id", "timestamp"
+
+
+@dataclass(frozen=True)
+class LocalLog:
+    """The interaction log as one pyarrow read in this process: the same files, options and columns as the Dataset."""
+
+    fs: pafs.FileSystem | None
+    files: tuple[str, ...]
+    file_format: pads.FileFormat | None  # None: an in-memory table
+    columns: dict[str, str]  # column read -> normalized name (user_id, item_id, timestamp)
+    table: pa.Table | None = None
+
+    def has_at_most(self, max_rows: int) -> bool:
+        """Whether the log has at most `max_rows` rows: exact for parquet and in-memory logs, estimated from the
+        size for CSV (>= 10 bytes a row; 2 if compressed). Parquet footers are read only when the bytes allow it."""
+        if self.table is not None:
+            return self.table.num_rows <= max_rows
+        sizes = [info.size for info in self.fs.get_file_info(list(self.files))]
+        if isinstance(self.file_format, pads.ParquetFileFormat):
+            if sum(sizes) > 64 * max_rows:
+                return False
+            return sum(pq.ParquetFile(self.fs.open_input_file(f)).metadata.num_rows for f in self.files) <= max_rows
+        compressed = sum(size for f, size in zip(self.files, sizes) if f.endswith((".gz", ".bz2", ".zst", ".lz4")))
+        return (sum(sizes) - compressed) / 10 + compressed / 2 <= max_rows
+
+    def read(self) -> pa.Table:
+        if self.table is not None:
+            return self.table
+        table = pads.dataset(list(self.files), filesystem=self.fs, format=self.file_format).to_table(columns=list(self.columns))
+        return table.rename_columns([self.columns[c] for c in table.column_names])
+
+
+def _local_log(path: str, file_format: pads.FileFormat, columns: dict[str, str],
+               extensions: tuple[str, ...] = ()) -> LocalLog | None:
+    """The files Ray Data reads at `path` (a file, or a directory's files with one of `extensions`)."""
+    try:
+        fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.Directory:
+            files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                           if f.type == pafs.FileType.File and not os.path.basename(f.path).startswith((".", "_"))
+                           and (not extensions or f.path.endswith(extensions)))
+        else:
+            files = [root]
+    except (OSError, ValueError, pa.ArrowException):
+        return None  # Ray Data reports what is wrong with the path
+    return LocalLog(fs, tuple(files), file_format, columns) if files else None
 
 
 @dataclass
@@ -38,6 +90,7 @@ class RawData:
     title_col: str | None = None
     description: str = ""
     extra: dict = field(default_factory=dict)
+    local: LocalLog | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -68,13 +121,23 @@ def _read_atomic(path: str) -> pd.DataFrame:
     return df
 
 
+def _csv_log(path: str, parse_options: pacsv.ParseOptions | None = None, read_options: pacsv.ReadOptions | None = None,
+             columns: dict[str, str] | None = None) -> tuple[ray.data.Dataset, LocalLog | None]:
+    """A CSV log as a Ray Dataset and as a LocalLog, read with the same options; `columns`: source -> normalized name."""
+    columns = columns or {USER: USER, ITEM: ITEM, TIME: TIME}
+    kwargs = {k: v for k, v in (("parse_options", parse_options), ("read_options", read_options)) if v is not None}
+    ds = ray.data.read_csv(path, **kwargs).select_columns(list(columns))
+    if any(k != v for k, v in columns.items()):
+        ds = ds.rename_columns({k: v for k, v in columns.items() if k != v})
+    return ds, _local_log(path, pads.CsvFileFormat(**kwargs), columns)
+
+
 def _movielens_bundled() -> RawData:
     root = bundled_ml100k_dir()
-    inter = ray.data.read_csv(
+    inter, local = _csv_log(
         os.path.join(root, "ml-100k.inter"),
         parse_options=pacsv.ParseOptions(delimiter="\t"),
-        read_options=pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"], skip_rows=1),
-    ).select_columns([USER, ITEM, TIME])
+        read_options=pacsv.ReadOptions(column_names=["user_id", "item_id", "rating", "timestamp"], skip_rows=1))
     users = _read_atomic(os.path.join(root, "ml-100k.user"))
     users["user_id"] = users["user_id"].astype(np.int64)
     items = _read_atomic(os.path.join(root, "ml-100k.item"))
@@ -84,15 +147,15 @@ def _movielens_bundled() -> RawData:
     items["title"] = items["title"] + " (" + items["year"] + ")"
     return RawData(inter, users[["user_id", "age", "gender", "occupation"]], items[["item_id", "title", "genre", "year"]],
                    ("age", "gender", "occupation"), ("genre", "year"), ("genre",), "|", "title",
-                   f"MovieLens-100K ({root})")
+                   f"MovieLens-100K ({root})", local=local)
 
 
 def _movielens_dir(path: str) -> RawData:
     """GroupLens layouts: ml-100k (u.data/u.user/u.item), ml-1m (*.dat), ml-latest (ratings.csv/movies.csv)."""
     j = lambda name: os.path.join(path, name)  # noqa: E731
     if os.path.exists(j("u.data")):
-        inter = ray.data.read_csv(j("u.data"), parse_options=pacsv.ParseOptions(delimiter="\t"),
-                                  read_options=pacsv.ReadOptions(column_names=[USER, ITEM, "rating", TIME])).select_columns([USER, ITEM, TIME])
+        inter, local = _csv_log(j("u.data"), parse_options=pacsv.ParseOptions(delimiter="\t"),
+                                read_options=pacsv.ReadOptions(column_names=[USER, ITEM, "rating", TIME]))
         users = pd.read_csv(j("u.user"), sep="|", header=None, names=["user_id", "age", "gender", "occupation", "zip"], dtype=str)
         users["user_id"] = users["user_id"].astype(np.int64)
         raw_items = pd.read_csv(j("u.item"), sep="|", header=None, encoding="latin-1", dtype=str)
@@ -104,12 +167,12 @@ def _movielens_dir(path: str) -> RawData:
             "year": raw_items[2].fillna("").str[-4:],
         })
         return RawData(inter, users[["user_id", "age", "gender", "occupation"]], items, ("age", "gender", "occupation"),
-                       ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-100k layout ({path})")
+                       ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-100k layout ({path})", local=local)
     if os.path.exists(j("ratings.dat")):
         # '::' separated; a ':' delimiter leaves empty columns between the fields, which are dropped.
         names = [USER, "_a", ITEM, "_b", "rating", "_c", TIME]
-        inter = ray.data.read_csv(j("ratings.dat"), parse_options=pacsv.ParseOptions(delimiter=":"),
-                                  read_options=pacsv.ReadOptions(column_names=names)).select_columns([USER, ITEM, TIME])
+        inter, local = _csv_log(j("ratings.dat"), parse_options=pacsv.ParseOptions(delimiter=":"),
+                                read_options=pacsv.ReadOptions(column_names=names))
         users = pd.read_csv(j("users.dat"), sep="::", engine="python", header=None,
                             names=["user_id", "gender", "age", "occupation", "zip"], dtype=str)
         users["user_id"] = users["user_id"].astype(np.int64)
@@ -118,13 +181,14 @@ def _movielens_dir(path: str) -> RawData:
         movies["item_id"] = movies["item_id"].astype(np.int64)
         movies["year"] = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0].fillna("")
         return RawData(inter, users[["user_id", "age", "gender", "occupation"]], movies, ("age", "gender", "occupation"),
-                       ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-1m layout ({path})")
+                       ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-1m layout ({path})", local=local)
     if os.path.exists(j("ratings.csv")):
-        inter = ray.data.read_csv(j("ratings.csv")).rename_columns({"userId": USER, "movieId": ITEM}).select_columns([USER, ITEM, TIME])
+        inter, local = _csv_log(j("ratings.csv"), columns={"userId": USER, "movieId": ITEM, TIME: TIME})
         movies = pd.read_csv(j("movies.csv"), dtype=str).rename(columns={"movieId": "item_id", "genres": "genre"})
         movies["item_id"] = movies["item_id"].astype(np.int64)
         movies["year"] = movies["title"].str.extract(r"\((\d{4})\)\s*$")[0].fillna("")
-        return RawData(inter, None, movies, (), ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-latest layout ({path})")
+        return RawData(inter, None, movies, (), ("genre", "year"), ("genre",), "|", "title", f"MovieLens ml-latest layout ({path})",
+                       local=local)
     found = sorted(os.listdir(path)) if os.path.isdir(path) else []
     raise DataError(f"{path}: not a MovieLens directory (expected u.data, ratings.dat or ratings.csv; found {found})")
 
@@ -133,10 +197,15 @@ def _movielens_dir(path: str) -> RawData:
 # Any table
 
 
+def _table_format(path: str, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    lower = path.split("?", 1)[0].rstrip("/").lower()  # a URI may carry options after '?'
+    return "csv" if lower.endswith((".csv", ".csv.gz", ".tsv")) else "parquet"
+
+
 def _read_table_ds(path: str, fmt: str) -> ray.data.Dataset:
-    if fmt == "auto":
-        lower = path.split("?", 1)[0].rstrip("/").lower()  # a URI may carry options after '?'
-        fmt = "csv" if lower.endswith((".csv", ".csv.gz", ".tsv")) else "parquet"
+    fmt = _table_format(path, fmt)
     try:
         if fmt == "csv":
             return ray.data.read_csv(path)
@@ -184,12 +253,15 @@ def _table(cfg: DataConfig) -> RawData:
     inter = ds.select_columns([cfg.user_col, cfg.item_col, cfg.time_col]).rename_columns(
         {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}) if (cfg.user_col, cfg.item_col, cfg.time_col) != (USER, ITEM, TIME) \
         else ds.select_columns([USER, ITEM, TIME])
+    fmt = _table_format(cfg.path, cfg.format)
+    local = _local_log(cfg.path, pads.CsvFileFormat() if fmt == "csv" else pads.ParquetFileFormat(),
+                       {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}, () if fmt == "csv" else (".parquet",))
     if users is not None:
         users = users.rename(columns={cfg.user_col: USER})
     if items is not None:
         items = items.rename(columns={cfg.item_col: ITEM})
     return RawData(inter, users, items, cfg.user_feature_cols, cfg.item_feature_cols, cfg.multi_value_cols,
-                   cfg.multi_value_sep, cfg.title_col, f"table {cfg.path}")
+                   cfg.multi_value_sep, cfg.title_col, f"table {cfg.path}", local=local)
 
 
 def _dedupe_block(batch: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -207,8 +279,10 @@ def _synthetic(cfg: DataConfig) -> RawData:
     from ray_recall.data.synthetic import generate
 
     tables = generate(cfg.synthetic)
-    return RawData(ray.data.from_pandas(tables["interactions"]), tables["users"], tables["items"], ("taste",), ("category",),
-                   (), "|", "title", f"synthetic {cfg.synthetic}")
+    log = tables["interactions"]
+    local = LocalLog(None, (), None, {c: c for c in log.columns}, table=pa.Table.from_pandas(log, preserve_index=False))
+    return RawData(ray.data.from_pandas(log), tables["users"], tables["items"], ("taste",), ("category",),
+                   (), "|", "title", f"synthetic {cfg.synthetic}", local=local)
 
 
 def _first_line(e: BaseException) -> str:
