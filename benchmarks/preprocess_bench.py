@@ -12,7 +12,9 @@ so every Ray process is a descendant of it): read, validate, vocabularies, per-u
 (hash-partitioned by user), leave-last-out splits, popularity, all written under the run directory.
 With the default settings a log of at most 2M interactions is prepared in the driver process
 (`data.in_process_max_rows`: the same functions, the same files), a larger one on Ray Data; the
-1M log is also run on Ray Data (`--ray-data-sizes`) to show that path's cost beside it.
+1M log is also run on Ray Data (`--ray-data-sizes`) to show that path's cost beside it, and the
+2M log (2.05M rows, just above the bound) in process (`--in-process-sizes`) to show the driver's
+memory there.
 
 Measured from outside (benchmarks/proctree.py): wall seconds of the whole command (Ray's start and
 stop included) and peak memory as the summed PSS of the process tree, object store included. The
@@ -140,15 +142,18 @@ def du(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def run_ours(work: str, millions: float, ray_data: bool = False) -> dict:
-    """`ray-recall preprocess` as configured by default, or (ray_data) on Ray Data whatever the log's size."""
-    tag = f"{millions:g}m" + ("_ray_data" if ray_data else "")
+FORCE = {"ray_data": "0", "in_process": str(10 ** 10)}  # data.in_process_max_rows that forces each path
+
+
+def run_ours(work: str, millions: float, force: str | None = None) -> dict:
+    """`ray-recall preprocess` as configured by default, or on one path (FORCE) whatever the log's size."""
+    tag = f"{millions:g}m" + (f"_{force}" if force else "")
     run_dir = os.path.join(work, f"run_{tag}")
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [sys.executable, "-m", "ray_recall.cli", "preprocess", "--run-dir", run_dir,
            "--set", "data.source=table", "--set", f"data.path={log_dir(work, millions)}/interactions"]
-    if ray_data:
-        cmd += ["--set", "data.in_process_max_rows=0"]
+    if force:
+        cmd += ["--set", f"data.in_process_max_rows={FORCE[force]}"]
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=ROOT)
     print(f"ours {millions:g}M: {shlex.join(cmd)}", flush=True)
     res = measured(f"ours {millions:g}M", cmd, os.path.join(work, f"ours_{tag}.log"), env=env)
@@ -159,7 +164,7 @@ def run_ours(work: str, millions: float, ray_data: bool = False) -> dict:
     res.update(stage_seconds=meta["seconds"], interactions=meta["num_interactions"], users=meta["num_users"],
                items=meta["num_items"], train_samples=meta["samples"]["train"],
                bytes={part: du(os.path.join(run_dir, "data", part)) for part in ("sequences", "train", "val", "test")})
-    if not ray_data:
+    if not force:
         os.replace(run_dir, os.path.join(work, f"run_{millions:g}m"))
         res["assemble"] = run_assemble(work, millions)
     shutil.rmtree(os.path.join(work, f"run_{millions:g}m"), ignore_errors=True)
@@ -178,7 +183,8 @@ def gib(b: float) -> str:
     return f"{b / GIB:.2f} GiB"
 
 
-def report(args, logs: dict, ours: dict, ours_ray_data: dict, peer: dict | None) -> str:
+def report(args, logs: dict, ours: dict, forced: dict, peer: dict | None) -> str:
+    ours_ray_data = forced.get("ray_data", {})
     sizes = sorted(ours)
     lines = [
         "# The data stage at scale: preprocess on 1M-50M interactions",
@@ -188,7 +194,8 @@ def report(args, logs: dict, ours: dict, ours_ray_data: dict, peer: dict | None)
         "    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py"
         + (f" --sizes {args.sizes}" if args.sizes != "1,2,5,10,50" else "")
         + (f" --peer-sizes '{args.peer_sizes}'" if args.peer_sizes != "1,5" else "")
-        + (f" --ray-data-sizes '{args.ray_data_sizes}'" if args.ray_data_sizes != "1" else ""),
+        + (f" --ray-data-sizes '{args.ray_data_sizes}'" if args.ray_data_sizes != "1" else "")
+        + (f" --in-process-sizes '{args.in_process_sizes}'" if args.in_process_sizes != "2" else ""),
         "",
         f"Machine: {os.cpu_count()} cores, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GIB:.0f} GiB, "
         f"Python {platform.python_version()}; run {time.strftime('%Y-%m-%d %H:%M')}. "
@@ -197,18 +204,19 @@ def report(args, logs: dict, ours: dict, ours_ray_data: dict, peer: dict | None)
         "## ray_recall `ray-recall preprocess` (a fresh process each; local Ray started in-process)",
         "",
         "Default settings: a log of at most 2M interactions (`data.in_process_max_rows`) is prepared in the driver "
-        "process by the same functions, writing the same files; a larger one on Ray Data. Rows marked *Ray Data "
-        "(forced)* run the small log on Ray Data (`--set data.in_process_max_rows=0`) to show that path's cost.",
+        "process by the same functions, writing the same files; a larger one on Ray Data. Rows marked *(forced)* "
+        "run a log on the other path (`--set data.in_process_max_rows=0`, or a bound above the log): Ray Data's cost "
+        "on a small log, and the driver's memory in process at the bound.",
         "",
         "| interactions | path | users | items | input parquet | wall (whole command) | stage (Ray start excluded) "
         "| rows/s (stage) | peak memory, process tree | peak, driver alone | output: sequences + splits |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sizes:
-        for r, forced in ((ours[s], False), (ours_ray_data.get(s), True)):
+        for r, how in ((ours[s], None), (ours_ray_data.get(s), "Ray Data"), (forced.get("in_process", {}).get(s), "in process")):
             if r is None:
                 continue
-            path = "Ray Data (forced)" if forced else ("in process" if r["in_process"] else "Ray Data")
+            path = f"{how} (forced)" if how else ("in process" if r["in_process"] else "Ray Data")
             out_bytes = sum(r["bytes"].values())
             lines.append(f"| {r['interactions']:,} | {path} | {r['users']:,} | {r['items']:,} | {logs[s]['bytes'] / 2**20:.0f} MiB "
                          f"| {r['wall']:.1f} s | {r['stage_seconds']:.1f} s | {r['interactions'] / r['stage_seconds']:,.0f} "
@@ -287,6 +295,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,2,5,10,50", help="millions of interactions, comma-separated")
     ap.add_argument("--peer-sizes", default="1,5", help="sizes (among --sizes) the peer runs too; '' for none")
     ap.add_argument("--ray-data-sizes", default="1", help="sizes (among --sizes) also run on Ray Data whatever their size")
+    ap.add_argument("--in-process-sizes", default="2", help="sizes (among --sizes) also run in process whatever their size")
     ap.add_argument("--work", default="/tmp/ray_recall_preprocess_bench", help="logs and run directories (large)")
     ap.add_argument("--out", default=os.path.join(HERE, "preprocess.md"))
     args = ap.parse_args()
@@ -312,16 +321,17 @@ def main() -> None:
               f"peak {gib(ours[s]['peak_tree'])} (driver {gib(ours[s]['peak_root'])}); batches "
               f"{ours[s]['assemble']['epoch_seconds']:.1f} s an epoch, peak {gib(ours[s]['assemble']['peak_tree'])}",
               flush=True)
-    ours_ray_data = {}
-    for s in [float(s) for s in args.ray_data_sizes.split(",") if s]:
-        ours_ray_data[s] = run_ours(args.work, s, ray_data=True)
-        print(f"ours {s:g}M on Ray Data: {ours_ray_data[s]['wall']:.1f} s wall, stage {ours_ray_data[s]['stage_seconds']:.1f} s, "
-              f"peak {gib(ours_ray_data[s]['peak_tree'])}", flush=True)
-    text = report(args, logs, ours, ours_ray_data, peer)
+    forced = {"ray_data": {}, "in_process": {}}
+    for force, sizes_arg in (("ray_data", args.ray_data_sizes), ("in_process", args.in_process_sizes)):
+        for s in [float(s) for s in sizes_arg.split(",") if s]:
+            r = forced[force][s] = run_ours(args.work, s, force)
+            print(f"ours {s:g}M, {force} forced: {r['wall']:.1f} s wall, stage {r['stage_seconds']:.1f} s, "
+                  f"peak {gib(r['peak_tree'])} (driver {gib(r['peak_root'])})", flush=True)
+    text = report(args, logs, ours, forced, peer)
     with open(args.out, "w") as f:
         f.write(text)
     with open(os.path.join(args.work, "results.json"), "w") as f:
-        json.dump({"logs": logs, "ours": ours, "ours_ray_data": ours_ray_data, "peer": peer}, f, indent=1)
+        json.dump({"logs": logs, "ours": ours, "forced": forced, "peer": peer}, f, indent=1)
     print(text)
 
 

@@ -1,9 +1,12 @@
 """The data stage on Ray Data: read -> vocab -> sequences -> splits -> popularity, written under <run>/data/.
 
-Nothing here collects the interaction log on the driver: vocabularies (one
-row per distinct id), per-item counts and attribute tables are the only
+On Ray Data nothing collects the interaction log on the driver: vocabularies
+(one row per distinct id), per-item counts and attribute tables are the only
 things gathered. Sequences are built by hash-partitioning the log by user and
-running a vectorized function over each partition.
+running a vectorized function over each partition. A log of at most
+`data.in_process_max_rows` interactions (2M by default) is instead prepared in
+the driver by the same functions, skipping Ray Data's fixed cost; the driver's
+memory stays bounded by that setting, not by the log.
 
 Layout written (atomically, as one directory):
   data/sequences/   user_idx, items (time-ordered list), length
