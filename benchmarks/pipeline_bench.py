@@ -51,7 +51,8 @@ def main() -> None:
         "| stage | wall seconds | notes |",
         "|---|---:|---|",
         f"| ray.init | {ray_start:.1f} | local, in-process |",
-        f"| preprocess | {out['timings']['preprocess']:.1f} | Ray Data: read, vocab, sequences, splits, popularity |",
+        f"| preprocess | {out['timings']['preprocess']:.1f} | read, vocab, sequences, splits, popularity (in the driver: a log under "
+        f"data.in_process_max_rows; else Ray Data) |",
         f"| train | {out['timings']['train']:.1f} | `fit()`: {tr['train_seconds']:.1f} s in epochs "
         f"({tr['samples_per_second']:.0f} samples/s), {tr['fit_seconds'] - tr['train_seconds']:.1f} s Ray Train fixed cost |",
         f"| embed | {out['timings']['embed']:.1f} | actor pool, {out['embed']['num_items']} items + {out['embed']['num_users']} users |",
