@@ -369,7 +369,7 @@ def write_report(path: str, args, command: str, info: dict, peers: dict, ours: l
         "",
         "## Ray's fixed costs (apart from throughput)",
         "",
-        f"`ray.init` (local, in-process, {RAY_CPUS} logical CPUs): {ray_init_s:.1f} s. Data stage (Ray Data; once, "
+        f"`ray.init` (local, in-process, {RAY_CPUS} logical CPUs): {ray_init_s:.1f} s. Data stage (once, "
         f"shared by every run): {data_s:.1f} s. Per `fit()`: fixed = fit seconds - seconds in epochs (worker and "
         "process-group start, dataset setup, the per-epoch validation on rank 0 and checkpoint writes, teardown). "
         "The first epoch's excess over a steady one is the ingest's and the model's warm-up.",
