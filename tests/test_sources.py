@@ -22,6 +22,7 @@ def test_bundled_movielens_100k():
     assert len(raw.users) == 943 and len(raw.items) == 1682
     assert raw.items.loc[raw.items.item_id == 1, "title"].item() == "Toy Story (1995)"
     assert "Animation" in raw.items.loc[raw.items.item_id == 1, "genre"].item().split("|")
+    assert raw.local.has_at_most(2_000_000) and raw.local.read().num_rows == 100_000
 
 
 def _write_ml100k(d):
@@ -34,10 +35,19 @@ def _write_ml100k(d):
                               f"20|Movie B (1990)|01-Jan-1990||http://x|{'|'.join(genres)}\n")
 
 
+def _same_log_both_ways(raw):
+    """The source's in-process read gives the rows, columns and order of its Ray Dataset."""
+    rows = [(r["user_id"], r["item_id"], r["timestamp"]) for r in raw.interactions.take_all()]
+    local = raw.local.read()
+    assert local.column_names == ["user_id", "item_id", "timestamp"]
+    assert list(zip(*(local.column(c).to_pylist() for c in local.column_names))) == rows
+
+
 def test_grouplens_layouts(tmp_path):
     _write_ml100k(tmp_path / "a")
     raw = load_source(DataConfig(source="movielens", path=str(tmp_path / "a")))
     assert raw.interactions.count() == 3
+    _same_log_both_ways(raw)
     assert raw.items.set_index("item_id").loc[10, "genre"] == "Action|Comedy"
     b = tmp_path / "b"
     b.mkdir()
@@ -48,12 +58,14 @@ def test_grouplens_layouts(tmp_path):
     rows = raw.interactions.take_all()
     assert [(r["user_id"], r["item_id"], r["timestamp"]) for r in rows] == [(1, 1193, 978300760), (1, 661, 978302109)]
     assert raw.items.set_index("item_id").loc[1193, "year"] == "1975"
+    _same_log_both_ways(raw)
     c = tmp_path / "c"
     c.mkdir()
     (c / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,1,4.0,964982703\n1,3,4.0,964981247\n")
     (c / "movies.csv").write_text('movieId,title,genres\n1,Toy Story (1995),Adventure|Animation\n3,"Grumpier Old Men (1995)",Comedy\n')
     raw = load_source(DataConfig(source="movielens", path=str(c)))
     assert raw.interactions.count() == 2 and raw.users is None
+    _same_log_both_ways(raw)
     with pytest.raises(DataError, match="not a MovieLens directory"):
         load_source(DataConfig(source="movielens", path=str(tmp_path)))
 
