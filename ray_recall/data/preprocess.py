@@ -125,6 +125,20 @@ def _sequence_kwargs(cfg: PipelineConfig, raw, user_vocab: np.ndarray, item_voca
     return kwargs
 
 
+def _unreadable_error(raw, e: BaseException) -> DataError:
+    return DataError(f"{raw.description}: cannot read interactions: {str(e).strip().splitlines()[-1]}")
+
+
+def _empty_error(raw) -> DataError:
+    return DataError(f"{raw.description}: no interactions (the input is empty)")
+
+
+def _sample_counts(stats: dict) -> dict:
+    """Every kept user has >= 3 items: one validation and one test sample each, and a train sample
+    at every position from 1 to n-3 (position 0 has no history), n - 3 in all."""
+    return {"train": stats["interactions"] - 3 * stats["users"], "val": stats["users"], "test": stats["users"]}
+
+
 def _no_users_error(cfg: PipelineConfig, raw) -> DataError:
     return DataError(f"{raw.description}: no user has {cfg.data.min_user_interactions} or more interactions "
                      "(data.min_user_interactions)")
@@ -142,10 +156,10 @@ def _on_ray_data(cfg: PipelineConfig, raw, run: RunDir, tmp: str, log) -> tuple[
         err = unwrap_error(e)
         if isinstance(err, RayRecallError):
             raise err from None
-        raise DataError(f"{raw.description}: cannot read interactions: {str(e).strip().splitlines()[-1]}") from None
+        raise _unreadable_error(raw, e) from None
     num_rows = int(found["count()"] or 0)
     if num_rows == 0:
-        raise DataError(f"{raw.description}: no interactions (the input is empty)")
+        raise _empty_error(raw)
     user_vocab = _sorted_vocab(found[f"unique({USER})"], USER)
     item_vocab = _sorted_vocab(found[f"unique({ITEM})"], ITEM)
     num_partitions = _partitions(cfg, num_rows)
@@ -175,8 +189,8 @@ def _on_ray_data(cfg: PipelineConfig, raw, run: RunDir, tmp: str, log) -> tuple[
         raise _no_users_error(cfg, raw)
     log(f"[data] sequences: {stats['users']:,} users, {stats['interactions']:,} interactions "
         f"({time.perf_counter() - t0:.1f}s); writing splits")
-    for split in ("train", "val", "test"):
-        if split == "train" and stats["interactions"] == 3 * stats["users"]:
+    for split, count in _sample_counts(stats).items():
+        if count == 0:
             _write_arrow(run, seq.SAMPLE_SCHEMA.empty_table(), tmp, split, "empty.parquet")  # Ray Data would write no file
             continue
         out = seq_ds.map_batches(seq.split_samples, fn_kwargs={"split": split}, batch_format="pyarrow", batch_size=None)
@@ -198,9 +212,9 @@ def _in_process(cfg: PipelineConfig, raw, run: RunDir, tmp: str, log) -> tuple[n
     try:
         table = raw.local.read()
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"{raw.description}: cannot read interactions: {str(e).strip().splitlines()[-1]}") from None
+        raise _unreadable_error(raw, e) from None
     if table.num_rows == 0:
-        raise DataError(f"{raw.description}: no interactions (the input is empty)")
+        raise _empty_error(raw)
     table = validate_and_normalize(table, raw.description)
     user_vocab = _sorted_vocab(pc.unique(table.column(USER)).to_pylist(), USER)
     item_vocab = _sorted_vocab(pc.unique(table.column(ITEM)).to_pylist(), ITEM)
@@ -239,9 +253,7 @@ def preprocess(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     with run.staged_dir("data") as tmp:
         user_vocab, item_vocab, stats = (_in_process if in_process else _on_ray_data)(cfg, raw, run, tmp, log)
         num_seq_users, num_interactions, num_duplicates = stats["users"], stats["interactions"], stats["duplicates"]
-        # Every kept user has >= 3 items: one validation and one test sample each, and a train sample
-        # at every position from 1 to n-3 (position 0 has no history), n - 3 in all.
-        counts = {"train": num_interactions - 3 * num_seq_users, "val": num_seq_users, "test": num_seq_users}
+        counts = _sample_counts(stats)
         item_counts = stats["item_counts"]
 
         user_codes, user_values = encode_features(raw.users, USER, user_vocab, raw.user_feature_cols, raw.multi_value_cols,

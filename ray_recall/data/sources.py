@@ -126,10 +126,14 @@ def _csv_log(path: str, parse_options: pacsv.ParseOptions | None = None, read_op
     """A CSV log as a Ray Dataset and as a LocalLog, read with the same options; `columns`: source -> normalized name."""
     columns = columns or {USER: USER, ITEM: ITEM, TIME: TIME}
     kwargs = {k: v for k, v in (("parse_options", parse_options), ("read_options", read_options)) if v is not None}
-    ds = ray.data.read_csv(path, **kwargs).select_columns(list(columns))
-    if any(k != v for k, v in columns.items()):
-        ds = ds.rename_columns({k: v for k, v in columns.items() if k != v})
-    return ds, _local_log(path, pads.CsvFileFormat(**kwargs), columns)
+    return _normalized(ray.data.read_csv(path, **kwargs), columns), _local_log(path, pads.CsvFileFormat(**kwargs), columns)
+
+
+def _normalized(ds: ray.data.Dataset, columns: dict[str, str]) -> ray.data.Dataset:
+    """The log's three columns, renamed source -> normalized name (user_id, item_id, timestamp)."""
+    ds = ds.select_columns(list(columns))
+    renamed = {k: v for k, v in columns.items() if k != v}
+    return ds.rename_columns(renamed) if renamed else ds
 
 
 def _movielens_bundled() -> RawData:
@@ -250,12 +254,11 @@ def _table(cfg: DataConfig) -> RawData:
         users = _attributes_from_log(ds, cfg.user_col, inline_user, users)
     if inline_item:
         items = _attributes_from_log(ds, cfg.item_col, inline_item, items)
-    inter = ds.select_columns([cfg.user_col, cfg.item_col, cfg.time_col]).rename_columns(
-        {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}) if (cfg.user_col, cfg.item_col, cfg.time_col) != (USER, ITEM, TIME) \
-        else ds.select_columns([USER, ITEM, TIME])
+    log_columns = {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}
+    inter = _normalized(ds, log_columns)
     fmt = _table_format(cfg.path, cfg.format)
-    local = _local_log(cfg.path, pads.CsvFileFormat() if fmt == "csv" else pads.ParquetFileFormat(),
-                       {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}, () if fmt == "csv" else (".parquet",))
+    local = _local_log(cfg.path, pads.CsvFileFormat() if fmt == "csv" else pads.ParquetFileFormat(), log_columns,
+                       () if fmt == "csv" else (".parquet",))
     if users is not None:
         users = users.rename(columns={cfg.user_col: USER})
     if items is not None:
