@@ -11,10 +11,26 @@ from ray_recall.data.negatives import NegativeSampler
 from ray_recall.data.sequences import SequenceTable
 
 
+CHUNK_SAMPLES = 4096  # samples built at a time, rounded down to whole batches (at least one)
+
+
+def chunk_size(batch_size: int) -> int:
+    """Samples per `TrainBatchBuilder` call for steps of `batch_size`: a whole number of batches."""
+    return batch_size * max(1, CHUNK_SAMPLES // batch_size)
+
+
+def split_batches(chunk: dict[str, torch.Tensor], batch_size: int):
+    """A built chunk -> its consecutive batches of `batch_size` (views; the last may be shorter)."""
+    for start in range(0, len(chunk[B.USER]), batch_size):
+        yield {k: v[start:start + batch_size] for k, v in chunk.items()}
+
+
 class TrainBatchBuilder(NumpyBatchCollateFn):
     """collate_fn for `iter_torch_batches`: samples -> a full training batch (see ray_recall.batch).
 
-    Negatives are drawn fresh for every epoch, seeded by (seed, epoch, the batch's first sample):
+    Trainers call it on a chunk of several steps' samples (`chunk_size`) and cut the result into
+    batches (`split_batches`): one vectorized call, and one Ray Data batch, per chunk instead of per step.
+    Negatives are drawn fresh for every epoch, seeded by (seed, epoch, the chunk's first sample):
     the same epoch of the same run draws the same negatives, whatever the worker count.
     """
 

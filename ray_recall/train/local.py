@@ -13,10 +13,11 @@ import time
 import numpy as np
 import torch
 
+from ray_recall import batch as B
 from ray_recall.config import PipelineConfig
 from ray_recall.data.preprocess import load_samples
 from ray_recall.storage import RunDir
-from ray_recall.train.batches import TrainBatchBuilder
+from ray_recall.train.batches import TrainBatchBuilder, chunk_size, split_batches
 from ray_recall.train.loop import optimizer_step, setup_training
 
 
@@ -43,10 +44,11 @@ def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, 
         builder = TrainBatchBuilder(seqs, sampler, schema.max_len, tc.num_negatives, tc.seed, epoch)
         order = rng.permutation(n)
         loss_sum = 0.0
-        for i in range(0, n, tc.batch_size):
-            idx = order[i:i + tc.batch_size]
-            batch = builder({k: v[idx] for k, v in samples.items()})
-            loss_sum += optimizer_step(model, optimizer, batch, tc) * len(idx)
+        chunk = chunk_size(tc.batch_size)
+        for i in range(0, n, chunk):
+            idx = order[i:i + chunk]
+            for batch in split_batches(builder({k: v[idx] for k, v in samples.items()}), tc.batch_size):
+                loss_sum += optimizer_step(model, optimizer, batch, tc) * len(batch[B.USER])
         if log is not None:
             log(f"[train/local] epoch {epoch + 1}: loss {loss_sum / max(n, 1):.4f} ({time.perf_counter() - t0:.2f}s)")
     return model.eval()

@@ -22,7 +22,8 @@ from ray_recall.models import build_model
 from ray_recall.objectives import get_objective
 from ray_recall.ranking import embed_all_items, rank_targets
 from ray_recall.storage import RunDir
-from ray_recall.train.batches import TrainBatchBuilder
+from ray_recall.train.batches import TrainBatchBuilder, chunk_size, split_batches
+from ray_recall.train.comm import exchange_allreduce_hook, use_exchange_allreduce
 
 
 def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
@@ -102,6 +103,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # DDP when world > 1 (moved to the GPU when use_gpu). No buffer broadcast before every forward: the
     # models' buffers (feature code tables, fixed routing logits) never change while training.
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    if use_exchange_allreduce(model):  # small gradients on CPU: latency-bound, see ray_recall/train/comm.py
+        model.register_comm_hook(None, exchange_allreduce_hook)
     device = ray.train.torch.get_device()
     core = getattr(model, "module", model)
 
@@ -119,12 +122,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model.train()
         builder = TrainBatchBuilder(seqs, sampler, schema.max_len, tc.num_negatives, tc.seed, epoch)
         loss_sum = torch.zeros(3, dtype=torch.float64)  # loss x samples, samples, this process's CPU seconds
-        for batch in shard.iter_torch_batches(batch_size=per_worker_batch, collate_fn=builder, prefetch_batches=2,
-                                              local_shuffle_buffer_size=max(4 * per_worker_batch, 20_000),
-                                              local_shuffle_seed=tc.seed * 1000 + epoch * world + rank):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = optimizer_step(model, optimizer, batch, tc)
-            loss_sum[:2] += torch.tensor([loss * len(batch[B.USER]), len(batch[B.USER])], dtype=torch.float64)
+        # Ray Data hands over chunks of several steps' samples, built (windows, negatives) in its prefetch
+        # thread and cut into this worker's batches here: Ray Data's per-batch cost is paid once a chunk.
+        chunk = chunk_size(per_worker_batch)
+        for samples in shard.iter_torch_batches(batch_size=chunk, collate_fn=builder, prefetch_batches=2,
+                                                local_shuffle_buffer_size=max(4 * chunk, 20_000),
+                                                local_shuffle_seed=tc.seed * 1000 + epoch * world + rank):
+            for batch in split_batches(samples, per_worker_batch):
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                loss = optimizer_step(model, optimizer, batch, tc)
+                loss_sum[:2] += torch.tensor([loss * len(batch[B.USER]), len(batch[B.USER])], dtype=torch.float64)
         loss_sum[2] = time.process_time() - cpu0
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
