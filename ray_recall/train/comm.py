@@ -16,11 +16,11 @@ import torch.distributed as dist
 SMALL_GRADIENT_BYTES = 1 << 20  # DDP's first bucket
 
 
-def exchange_allreduce_hook(process_group, bucket) -> torch.futures.Future[torch.Tensor]:
-    """DDP communication hook: the bucket's mean over ranks by recursive doubling (blocking; see module doc)."""
-    group = process_group or dist.group.WORLD
+def exchange_mean_(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """`tensor` (in place) -> its mean over the ranks of `group`, by recursive doubling; 2^k ranks."""
+    group = group or dist.group.WORLD
     rank, world = dist.get_rank(group), dist.get_world_size(group)
-    total = bucket.buffer().div_(world)
+    total = tensor.div_(world)
     other = torch.empty_like(total)
     step = 1
     while step < world:
@@ -30,8 +30,13 @@ def exchange_allreduce_hook(process_group, bucket) -> torch.futures.Future[torch
             r.wait()
         total.add_(other)
         step *= 2
+    return total
+
+
+def exchange_allreduce_hook(process_group, bucket) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: the bucket's mean by `exchange_mean_` (blocking: one bucket, at the end)."""
     done = torch.futures.Future()
-    done.set_result(total)
+    done.set_result(exchange_mean_(bucket.buffer(), process_group))
     return done
 
 
