@@ -254,6 +254,26 @@ def test_mind_routing_is_random_in_training_and_fixed_in_eval():
         assert torch.equal(model.encode_user(batch), model.encode_user(batch))
 
 
+def test_mind_behaviours_same_by_table_or_by_lookup():
+    """S e_i is computed on the whole table when the batch has more positions than there are items,
+    else per position: the same values and gradients either way; padding stays 0 and gets no gradient."""
+    model = make_model("mind").train()
+    small = user_batch(seed=12, hist_lens=[3, 1])  # 16 positions < 41 items: per position
+    large = {k: v.repeat(4, *[1] * (v.dim() - 1)) for k, v in small.items()}  # 64 positions: the table path
+    assert small[B.HIST].numel() < model.item_emb.num_embeddings <= large[B.HIST].numel()
+    grads = []
+    for batch in (small, large):
+        model.zero_grad()
+        low = model.behaviours(batch[B.HIST])
+        (low[: len(small[B.HIST])] * torch.arange(D)).sum().backward()  # the same first rows both times
+        grads.append((model.item_emb.weight.grad.clone(), model.bilinear.weight.grad.clone()))
+        torch.testing.assert_close(low, model.bilinear(model.item_emb(batch[B.HIST])))
+        assert torch.all(low[batch[B.HIST] == 0] == 0)
+        assert torch.all(model.item_emb.weight.grad[0] == 0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_mind_rejects_bad_sizes():
     with pytest.raises(ValueError, match="routing_iterations"):
         MIND(tiny_schema(), D, routing_iterations=0)
