@@ -1,5 +1,6 @@
 """The DDP gradient hook for small CPU models: the same mean as an all-reduce, the same bits on every rank."""
 
+import gc
 import os
 
 import pytest
@@ -46,6 +47,9 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
         torch.save({"got": got, "expected": _grads(reference), "every": every, "chosen": chosen,
                     "too_big": too_big},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # DDP holds the process group: drop it first, or gloo may abort the process as it exits.
+        del ddp
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
