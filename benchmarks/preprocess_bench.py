@@ -131,9 +131,9 @@ def measured(what: str, cmd: list[str], log_path: str, env: dict | None = None, 
     return res
 
 
-def run_assemble(work: str, millions: float) -> dict:
+def run_assemble(work: str, millions: float, run_dir: str) -> dict:
     out = os.path.join(work, f"assemble_{millions:g}m.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--assemble", os.path.join(work, f"run_{millions:g}m"), out]
+    cmd = [sys.executable, os.path.abspath(__file__), "--assemble", run_dir, out]
     return measured(f"batch assembly {millions:g}M", cmd, os.path.join(work, f"assemble_{millions:g}m.log"),
                     env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"), out_json=out)
 
@@ -165,9 +165,7 @@ def run_ours(work: str, millions: float, force: str | None = None) -> dict:
                items=meta["num_items"], train_samples=meta["samples"]["train"],
                bytes={part: du(os.path.join(run_dir, "data", part)) for part in ("sequences", "train", "val", "test")})
     if not force:
-        os.replace(run_dir, os.path.join(work, f"run_{millions:g}m"))
-        res["assemble"] = run_assemble(work, millions)
-    shutil.rmtree(os.path.join(work, f"run_{millions:g}m"), ignore_errors=True)
+        res["assemble"] = run_assemble(work, millions, run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     return res
 
