@@ -9,7 +9,7 @@ and truncated to 50 items).
 
     .venv-peer/bin/python benchmarks/peer_preprocess.py --log /tmp/log_1m --out /tmp/peer_1m.json
 
---log is a directory written by `ray_recall.data.synthetic.write_sharded` (interactions/*.parquet,
+--log is a directory written by `ray_recall.stages.preprocess.synthetic.write_sharded` (interactions/*.parquet,
 users.parquet, items.parquet). Wall seconds of every step go to --out as JSON; peak memory is measured
 by the caller, from outside.
 """

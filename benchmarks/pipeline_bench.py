@@ -25,7 +25,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from ray_recall.config import PipelineConfig
-    from ray_recall.pipeline import init_ray, run_pipeline
+    from ray_recall.runtime import init_ray
+    from ray_recall.pipeline import run_pipeline
 
     t0 = time.perf_counter()
     init_ray(quiet=True)

@@ -4,7 +4,7 @@
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py               # 1M, 2M, 5M, 10M, 50M (~13 min)
     RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/preprocess_bench.py --sizes 1 --peer-sizes 1 --out /tmp/pre.md
 
-The logs come from the project's seeded generator (`ray_recall.data.synthetic.write_sharded`): Zipf
+The logs come from the project's seeded generator (`ray_recall.stages.preprocess.synthetic.write_sharded`): Zipf
 item popularity inside latent taste groups, per-user lengths 5 + geometric with mean about 50, one
 parquet file per 50,000 users, one item per 100 interactions. Each size runs the real preprocess
 stage as a user would, `ray-recall preprocess` in a fresh process (local Ray started in-process,
@@ -66,7 +66,7 @@ def log_dir(work: str, millions: float) -> str:
 def generate(work: str, millions: float) -> dict:
     """Write (once) a log of about `millions` million interactions; returns its row count and bytes on disk."""
     from ray_recall.config import SyntheticConfig
-    from ray_recall.data.synthetic import write_sharded
+    from ray_recall.stages.preprocess.synthetic import write_sharded
 
     out = log_dir(work, millions)
     stamp = os.path.join(out, "done.json")
@@ -98,18 +98,17 @@ def assemble_epoch(run_dir: str, out: str) -> None:
     """One training worker's data work for one epoch, without a model (run in its own process)."""
     import numpy as np
 
-    from ray_recall.data.negatives import NegativeSampler
-    from ray_recall.data.preprocess import load_items, load_meta, load_samples, load_sequences
-    from ray_recall.storage import RunDir
-    from ray_recall.train.batches import TrainBatchBuilder
+    from ray_recall.negatives import NegativeSampler
+    from ray_recall.rundir import RunDir
+    from ray_recall.stages.train.batches import TrainBatchBuilder
 
     run = RunDir(run_dir)
     t0 = time.perf_counter()
-    meta = load_meta(run)
-    seqs = load_sequences(run, meta["num_users"])
-    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
+    meta = run.read_meta()
+    seqs = run.read_sequences(meta["num_users"])
+    counts = np.concatenate([[0], run.read_items()["count"].to_numpy()])
     sampler = NegativeSampler(counts, "word2vec", seqs.train_positive_keys(meta["num_items"]))
-    samples = load_samples(run, "train")
+    samples = run.read_split("train")
     setup = time.perf_counter() - t0
     build = TrainBatchBuilder(seqs, sampler, meta["max_len"], NEGATIVES, seed=0, epoch=0)
     cols = {c: samples[c].to_numpy() for c in ("user_idx", "pos", "target")}

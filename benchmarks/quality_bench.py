@@ -60,7 +60,7 @@ def data_key(cfg) -> str:
 
 def prepare_run(cfg, base_data: str, log) -> None:
     """Copy the preprocessed data into cfg.run_dir and record it as this config's preprocess stage."""
-    from ray_recall.storage import RunDir
+    from ray_recall.rundir import RunDir
 
     run = RunDir(cfg.run_dir)
     shutil.rmtree(run.root, ignore_errors=True)
@@ -77,13 +77,11 @@ def prepare_run(cfg, base_data: str, log) -> None:
 def unmasked_ranks(cfg) -> dict:
     """Test ranks of the model and of most-popular with nothing masked, by the evaluate stage's own Evaluator."""
     import numpy as np
-
-    from ray_recall.data.preprocess import load_samples
-    from ray_recall.evaluate import Evaluator
-    from ray_recall.storage import RunDir
+    from ray_recall.stages.evaluate import Evaluator
+    from ray_recall.rundir import RunDir
 
     run = RunDir(cfg.run_dir)
-    test = load_samples(run, "test")
+    test = run.read_split("test")
     ev = Evaluator(run.uri, mask_seen=False, batch_size=cfg.eval.batch_size)
     out = ev({c: test[c].to_numpy().astype(np.int64) for c in ("user_idx", "pos", "target")})
     return {"model": out["rank_model"], "popularity": out["rank_popularity"]}
@@ -273,7 +271,8 @@ def main() -> None:
     command = reproduce_command(sys.argv)
 
     from ray_recall.config import PipelineConfig
-    from ray_recall.pipeline import init_ray, run_stage
+    from ray_recall.runtime import init_ray
+    from ray_recall.pipeline import run_stage
 
     work = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="ray_recall_quality_"))
     os.makedirs(work, exist_ok=True)

@@ -256,7 +256,7 @@ def main() -> None:
     import torch
     from ray import serve
 
-    from ray_recall.pipeline import init_ray
+    from ray_recall.runtime import init_ray
     from ray_recall.serve.app import BUILD_ARGS, build_app
     from ray_recall.serve.recaller import Recaller
 

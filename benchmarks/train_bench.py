@@ -68,7 +68,7 @@ OURS = {
 
 
 def ml100k_files() -> dict[str, str]:
-    from ray_recall.data.sources import bundled_ml100k_dir
+    from ray_recall.stages.preprocess.sources import bundled_ml100k_dir
 
     root = bundled_ml100k_dir()
     return {k: os.path.join(root, f"ml-100k.{k}") for k in ("inter", "user", "item")}
@@ -136,7 +136,7 @@ def prepare_data(work: str, train_fraction: float, log) -> str:
 
     from ray_recall.config import PipelineConfig
     from ray_recall.pipeline import run_stage
-    from ray_recall.storage import RunDir
+    from ray_recall.rundir import RunDir
 
     run_dir = os.path.join(work, "run")
     cfg = PipelineConfig.from_yaml(os.path.join("configs", "ml100k_dssm.yaml")).replace(run_dir=run_dir)
@@ -199,8 +199,8 @@ def run_in_process(model: str, args, run_dir: str, log) -> dict:
     """
     import torch
 
-    from ray_recall.storage import RunDir
-    from ray_recall.train.local import fit_in_process
+    from ray_recall.rundir import RunDir
+    from ray_recall.stages.train.local import fit_in_process
 
     cfg = ours_config(model, 1, args.epochs, run_dir)
     threads = torch.get_num_threads()
@@ -217,12 +217,11 @@ def run_in_process(model: str, args, run_dir: str, log) -> dict:
 
 
 def ours_params(model: str, run_dir: str) -> int:
-    from ray_recall.data.preprocess import load_schema
     from ray_recall.models import build_model
-    from ray_recall.storage import RunDir
+    from ray_recall.rundir import RunDir
 
     cfg = ours_config(model, 1, 1, run_dir)
-    m = build_model(model, load_schema(RunDir(run_dir)), cfg.model.embedding_dim, cfg.model.params)
+    m = build_model(model, RunDir(run_dir).read_schema(), cfg.model.embedding_dim, cfg.model.params)
     return sum(p.numel() for p in m.parameters())
 
 
@@ -234,7 +233,7 @@ def _sync_worker(rank: int, sizes: list[int], rounds: int, store: str, out: str)
     import torch
     import torch.distributed as dist
 
-    from ray_recall.train.comm import exchange_mean_
+    from ray_recall.stages.train.comm import exchange_mean_
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
@@ -260,7 +259,7 @@ def _sync_worker(rank: int, sizes: list[int], rounds: int, store: str, out: str)
 
 def gradient_sync_bench(params: dict[str, int], work: str, rounds: int = 1000) -> dict[str, dict[str, float]]:
     """Microseconds to average each model's gradient between 2 processes (1 thread each, no Ray):
-    gloo's all-reduce (DDP's default) and the pairwise exchange the Train loop uses (ray_recall.train.comm).
+    gloo's all-reduce (DDP's default) and the pairwise exchange the Train loop uses (ray_recall.stages.train.comm).
     Median of 3 rounds of `rounds` calls."""
     import torch.multiprocessing as mp
 
@@ -508,7 +507,7 @@ def main() -> None:
     peers = {} if args.skip_peer else {m: [run_peer(m, lw, args, work, log) for lw in peer_variants(m, args)]
                                        for m in args.models}
 
-    from ray_recall.pipeline import init_ray
+    from ray_recall.runtime import init_ray
 
     t0 = time.perf_counter()
     init_ray(num_cpus=RAY_CPUS, quiet=True)

@@ -16,7 +16,9 @@ import yaml
 
 from ray_recall.config import PipelineConfig
 from ray_recall.errors import RayRecallError
-from ray_recall.pipeline import STAGES
+from ray_recall.pipeline import check_config, run_pipeline, run_stage
+from ray_recall.rundir import STAGES
+from ray_recall.runtime import init_ray
 
 
 def load_config(args) -> PipelineConfig:
@@ -29,7 +31,7 @@ def load_config(args) -> PipelineConfig:
         overrides[key] = yaml.safe_load(value)
     if args.run_dir:
         overrides["run_dir"] = args.run_dir
-    return cfg.replace(**overrides) if overrides else cfg
+    return check_config(cfg.replace(**overrides) if overrides else cfg)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,17 +66,10 @@ def print_samples(run_dir: str, n: int, k: int = 5) -> None:
     print(f"\nSample recommendations (top {k}, seen items excluded):")
     for raw in rec.user_raw[:n]:
         history = rec.history(raw)
-        titles = rec.titles[[int(i) - 1 for i in _dense_items(rec, history[-3:])]]
+        titles = rec.titles[rec.dense_items(history[-3:]) - 1]
         print(f"  user {raw}: last watched {'; '.join(titles)}")
         for r in rec.recall(raw, k):
             print(f"      {r['score']:+.3f}  {r['title']}")
-
-
-def _dense_items(rec, raw_items):
-    from ray_recall.data.vocab import lookup
-    import numpy as np
-
-    return lookup(np.asarray(rec.item_raw), np.asarray(raw_items))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args) -> int:
-    from ray_recall.pipeline import init_ray, run_pipeline, run_stage
-
     if args.command == "recall":
         from ray_recall.serve.recaller import Recaller
 

@@ -1,235 +1,332 @@
-"""Typed, frozen, validated configuration.
+"""Typed, frozen, validated configuration (pydantic).
 
-Every stage takes one `PipelineConfig`. It is built from YAML or a dict; an
-unknown key, a wrong type or an impossible value raises `ConfigError` naming
-the key and what is allowed, before any work starts.
+Every stage takes one `PipelineConfig`, built from YAML, a dict or keyword arguments. An unknown
+key, a wrong type or an impossible value raises `ConfigError` naming the key path and what is
+allowed, before any work starts. The seed API's integer shorthands (`mode: 0/1/2`, `sampler:
+0/1/2`) are resolved here, once. `docs/config.md` is generated from this file
+(`python -m ray_recall.config > docs/config.md`); each field's docstring is its description.
+
+The model's name and `model.params` are checked against the model's constructor by
+`ray_recall.models.check_model_config`, which every entry point calls before any stage runs
+(this module knows nothing of the models, so that the models may depend on it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
+import sys
 import typing
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import field_validator, model_validator
 
 from ray_recall.errors import ConfigError
 
-# Aliases accepted for the seed API's integer shorthands.
-MODE_ALIASES = {0: "pointwise", 1: "pairwise", 2: "listwise"}
 MODES = ("pointwise", "pairwise", "listwise")
-SAMPLER_ALIASES = {0: "uniform", 1: "word2vec", 2: "log_popularity"}
+MODE_ALIASES = {0: "pointwise", 1: "pairwise", 2: "listwise"}
 SAMPLERS = ("uniform", "word2vec", "log_popularity")
+SAMPLER_ALIASES = {0: "uniform", 1: "word2vec", 2: "log_popularity"}
+
+Mode = Literal["pointwise", "pairwise", "listwise"]
+Sampler = Literal["uniform", "word2vec", "log_popularity"]
+Number = Annotated[float, Strict()]  # an int or a float; not a bool or a string
+PositiveInt = Annotated[StrictInt, Field(gt=0)]
+NonNegativeInt = Annotated[StrictInt, Field(ge=0)]
+PositiveNumber = Annotated[Number, Field(gt=0)]
+NonNegativeNumber = Annotated[Number, Field(ge=0)]
 
 
-def _check_choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+def resolve_alias(value: Any, aliases: dict[int, str]) -> Any:
+    """An integer shorthand (0/1/2) -> its name; anything else unchanged (a bool is not an integer here)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return aliases.get(value, value)
+    return value
 
 
-def _check_positive(key: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+def resolve_mode(value: Any) -> str:
+    """A training mode by name or seed alias (0 | 1 | 2) -> its name; ConfigError if it is neither."""
+    name = resolve_alias(value, MODE_ALIASES)
+    if name not in MODES:
+        raise ConfigError(f"train.mode={value!r} is not allowed; choose one of {list(MODES)} or 0/1/2")
+    return name
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """Seeded synthetic log with planted structure (see `ray_recall.data.synthetic`)."""
-
-    num_users: int = 2000  # distinct users
-    num_items: int = 1000  # distinct items
-    num_groups: int = 8  # latent taste groups; each user belongs to one
-    mean_length: float = 30.0  # mean interactions per user (geometric-ish, min 5)
-    zipf_exponent: float = 1.0  # item popularity ~ rank^-exponent within a group
-    group_affinity: float = 0.85  # probability an interaction comes from the user's group
-    seed: int = 0  # generator seed
-
-    def __post_init__(self):
-        for key in ("num_users", "num_items", "num_groups", "mean_length"):
-            _check_positive(f"data.synthetic.{key}", getattr(self, key))
-        if not 0.0 <= self.group_affinity <= 1.0:
-            raise ConfigError(f"data.synthetic.group_affinity={self.group_affinity} must be in [0, 1]")
+def resolve_sampler(value: Any) -> str:
+    """A negative sampler by name or seed alias (0 | 1 | 2) -> its name; ConfigError if it is neither."""
+    name = resolve_alias(value, SAMPLER_ALIASES)
+    if name not in SAMPLERS:
+        raise ConfigError(f"train.sampler={value!r} is not allowed; choose one of {list(SAMPLERS)} or 0/1/2")
+    return name
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class _Section(BaseModel):
+    """A config section: frozen, unknown keys rejected, every error a `ConfigError` naming the key path."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    _path: ClassVar[str] = ""  # the section's key path in a PipelineConfig ("train", "data.synthetic", ...)
+
+    def __init__(self, **values: Any):
+        try:
+            super().__init__(**values)
+        except ValidationError as e:
+            raise ConfigError(describe(e, type(self), self._path)) from None
+
+    @classmethod
+    def from_dict(cls, raw: Any):
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{cls._path or 'config'} must be a mapping, got {type(raw).__name__}")
+        return cls(**raw)
+
+
+class SyntheticConfig(_Section):
+    """Seeded synthetic log with planted structure (see `ray_recall.stages.preprocess.synthetic`)."""
+
+    _path: ClassVar[str] = "data.synthetic"
+
+    num_users: PositiveInt = 2000
+    """distinct users"""
+    num_items: PositiveInt = 1000
+    """distinct items"""
+    num_groups: PositiveInt = 8
+    """latent taste groups; each user belongs to one"""
+    mean_length: PositiveNumber = 30.0
+    """mean interactions per user (geometric-ish, at least 5)"""
+    zipf_exponent: Number = 1.0
+    """item popularity ~ rank^-exponent within a group"""
+    group_affinity: Annotated[Number, Field(ge=0, le=1)] = 0.85
+    """probability that an interaction comes from the user's own group"""
+    seed: StrictInt = 0
+    """generator seed"""
+
+
+class DataConfig(_Section):
     """Where interactions come from and how sequences are built."""
 
-    source: str = "movielens"  # movielens | table | synthetic
-    path: str | None = None  # movielens: None = bundled ml-100k, else a GroupLens directory; table: file, directory or URI
-    format: str = "auto"  # table source: auto | parquet | csv
-    user_col: str = "user_id"  # column holding user ids (table source)
-    item_col: str = "item_id"  # column holding item ids (table source)
-    time_col: str = "timestamp"  # column holding numeric timestamps (table source)
-    user_feature_cols: tuple[str, ...] = ()  # user attribute columns used as features
-    item_feature_cols: tuple[str, ...] = ()  # item attribute columns used as features
-    multi_value_cols: tuple[str, ...] = ()  # feature columns holding several values joined by multi_value_sep
-    multi_value_sep: str = "|"  # separator inside multi-valued feature strings
-    user_table: str | None = None  # table source: optional separate user attribute table (keyed by user_col)
-    item_table: str | None = None  # table source: optional separate item attribute table (keyed by item_col)
-    title_col: str | None = None  # item column shown beside recommendations (not a feature)
-    max_len: int = 50  # history window: the most recent max_len items before a target
-    min_user_interactions: int = 3  # users with fewer are dropped (and counted); 3 = one train, val, test each
-    # Hash partitions of the log by user when building sequences (one task each); None = one per
-    # million interactions, at least 4.
-    num_partitions: int | None = None
-    # Logs of at most this many interactions are prepared in the driver's process (the same functions and
-    # output as on Ray Data, without its ~10 s of fixed cost); larger ones on Ray Data. 0 = always Ray Data.
-    in_process_max_rows: int = 2_000_000
-    duplicates: str = "drop"  # rows repeating a (user, item, timestamp): drop (counted in data/meta.json) | error
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # used when source == synthetic
+    _path: ClassVar[str] = "data"
 
-    def __post_init__(self):
-        _check_choice("data.source", self.source, ("movielens", "table", "synthetic"))
-        _check_choice("data.format", self.format, ("auto", "parquet", "csv"))
-        _check_choice("data.duplicates", self.duplicates, ("drop", "error"))
+    source: Literal["movielens", "table", "synthetic"] = "movielens"
+    """movielens | table | synthetic"""
+    path: Optional[StrictStr] = None
+    """movielens: None = the bundled ml-100k, else a GroupLens directory; table: a file, directory or URI"""
+    format: Literal["auto", "parquet", "csv"] = "auto"
+    """table source: auto | parquet | csv"""
+    user_col: StrictStr = "user_id"
+    """column holding user ids (table source)"""
+    item_col: StrictStr = "item_id"
+    """column holding item ids (table source)"""
+    time_col: StrictStr = "timestamp"
+    """column holding numeric or datetime timestamps (table source)"""
+    user_feature_cols: tuple[StrictStr, ...] = ()
+    """user attribute columns used as features"""
+    item_feature_cols: tuple[StrictStr, ...] = ()
+    """item attribute columns used as features"""
+    multi_value_cols: tuple[StrictStr, ...] = ()
+    """feature columns holding several values joined by multi_value_sep"""
+    multi_value_sep: StrictStr = "|"
+    """separator inside multi-valued feature strings"""
+    user_table: Optional[StrictStr] = None
+    """table source: an optional separate user attribute table (keyed by user_col)"""
+    item_table: Optional[StrictStr] = None
+    """table source: an optional separate item attribute table (keyed by item_col)"""
+    title_col: Optional[StrictStr] = None
+    """item column shown beside recommendations (not a feature)"""
+    max_len: PositiveInt = 50
+    """history window: the most recent max_len items before a target"""
+    min_user_interactions: Annotated[StrictInt, Field(ge=3)] = 3
+    """users with fewer are dropped (and counted); 3 = one train, one validation and one test item each"""
+    num_partitions: Optional[PositiveInt] = None
+    """hash partitions of the users (one sequence file each); None = one per million interactions, at least 4"""
+    in_process_max_rows: NonNegativeInt = 2_000_000
+    """logs of at most this many interactions are prepared in the driver's process (same functions and files as on
+    Ray Data, without its fixed cost); larger ones on Ray Data. 0 = always Ray Data"""
+    duplicates: Literal["drop", "error"] = "drop"
+    """rows repeating a (user, item, timestamp): drop (counted in data/meta.json) | error"""
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+    """the generator's settings, used when source == synthetic"""
+
+    @field_validator("user_feature_cols", "item_feature_cols", "multi_value_cols", mode="before")
+    @classmethod
+    def _one_name_is_a_list(cls, value):
+        return (value,) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self):
         if self.source == "table" and not self.path:
-            raise ConfigError("data.path is required when data.source='table'")
-        _check_positive("data.max_len", self.max_len)
-        if self.num_partitions is not None:
-            _check_positive("data.num_partitions", self.num_partitions)
-        _check_positive("data.in_process_max_rows", self.in_process_max_rows, allow_zero=True)
-        if self.min_user_interactions < 3:
-            raise ConfigError(
-                f"data.min_user_interactions={self.min_user_interactions} must be >= 3 "
-                "(leave-last-out needs one train, one validation and one test item per user)"
-            )
+            raise ValueError("data.path is required when data.source='table'")
         unknown = set(self.multi_value_cols) - set(self.user_feature_cols) - set(self.item_feature_cols)
         if unknown:
-            raise ConfigError(f"data.multi_value_cols names {sorted(unknown)}, which are not feature columns")
+            raise ValueError(f"data.multi_value_cols names {sorted(unknown)}, which are not feature columns")
+        return self
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """Which model and its hyperparameters (passed to the model's constructor)."""
 
-    name: str = "dssm"  # registry name; see ray_recall.models.available_models()
-    embedding_dim: int = 64  # output embedding size D
-    params: dict = field(default_factory=dict)  # model-specific keyword arguments
+    _path: ClassVar[str] = "model"
 
-    def __post_init__(self):
-        from ray_recall.models import available_models
-
-        if self.name not in available_models():
-            raise ConfigError(f"model.name={self.name!r} is unknown; choose one of {available_models()}")
-        _check_positive("model.embedding_dim", self.embedding_dim)
+    name: StrictStr = "dssm"
+    """registry name; see ray_recall.models.available_models()"""
+    embedding_dim: PositiveInt = 64
+    """output embedding size D"""
+    params: dict[StrictStr, Any] = Field(default_factory=dict)
+    """model-specific keyword arguments, checked against the model's constructor before any stage runs"""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Section):
     """Objective, sampling and the Ray Train run."""
 
-    mode: str = "listwise"  # pointwise | pairwise | listwise (aliases 0 / 1 / 2)
-    temperature: float = 0.1  # logits (and BPR margins) are divided by this
-    num_negatives: int = 20  # sampled negatives per positive
-    sampler: str = "word2vec"  # uniform | word2vec (popularity^0.75) | log_popularity (aliases 0 / 1 / 2)
-    in_batch_negatives: bool = False  # list-wise: also use other rows' positives, logQ-corrected
-    epochs: int = 10  # passes over the training samples
-    batch_size: int = 1024  # global batch size; each of N workers takes batch_size / N
-    lr: float = 1e-3  # Adam learning rate
-    weight_decay: float = 0.0  # L2 on dense weights (Adam weight decay)
-    embedding_l2: float = 0.0  # L2 on the embeddings used in a batch
-    num_workers: int = 1  # Ray Train workers (DDP)
-    cpus_per_worker: float = 1.0  # logical CPUs per worker; keep below the total so Ray Data can run
-    use_gpu: bool = False  # one GPU per worker, NCCL backend
-    seed: int = 42  # seeds model init, shuffling and negative sampling
-    val_k: int = 10  # validation reports Recall@val_k each epoch
-    val_max_users: int = 5000  # validation uses at most this many users (a seeded sample)
-    num_threads: int = 0  # torch threads per worker; 0 = max(1, int(cpus_per_worker))
-    val_metric: str = "recall"  # recall | ndcg (at val_k): picks the best checkpoint and drives early stopping
-    early_stopping_patience: int = 0  # stop after this many epochs without a better val_metric; 0 = never
-    max_failures: int = 0  # worker failures Ray Train recovers from by restarting at the last checkpoint (-1 = any)
-    placement_strategy: str = "PACK"  # PACK | SPREAD | STRICT_SPREAD: how workers are placed on nodes
-    precision: str = "fp32"  # fp32 | bf16 (autocast for the forward pass; mainly for GPUs)
+    _path: ClassVar[str] = "train"
+
+    mode: Mode = "listwise"
+    """pointwise | pairwise | listwise (aliases 0 / 1 / 2)"""
+    temperature: PositiveNumber = 0.1
+    """logits (and BPR margins) are divided by this"""
+    num_negatives: NonNegativeInt = 20
+    """sampled negatives per positive"""
+    sampler: Sampler = "word2vec"
+    """uniform | word2vec (popularity^0.75) | log_popularity (aliases 0 / 1 / 2)"""
+    in_batch_negatives: StrictBool = False
+    """list-wise: also use the other rows' positives as negatives, logQ-corrected"""
+    epochs: PositiveInt = 10
+    """passes over the training samples (the most, with early stopping)"""
+    batch_size: PositiveInt = 1024
+    """global batch size; each of N workers takes batch_size / N"""
+    lr: PositiveNumber = 1e-3
+    """Adam learning rate"""
+    weight_decay: NonNegativeNumber = 0.0
+    """L2 on dense weights (Adam weight decay)"""
+    embedding_l2: NonNegativeNumber = 0.0
+    """L2 on the embeddings used in a batch"""
+    num_workers: PositiveInt = 1
+    """Ray Train workers (DDP)"""
+    cpus_per_worker: PositiveNumber = 1.0
+    """logical CPUs per worker; keep the total below the cluster's so that Ray Data can run"""
+    use_gpu: StrictBool = False
+    """one GPU per worker, NCCL backend"""
+    grad_sync: Literal["auto", "allreduce", "exchange"] = "auto"
+    """how DDP averages gradients: allreduce (DDP's bucketed all-reduce) | exchange (pairwise exchange by recursive
+    doubling: gloo, 2^k workers, gradients <= 1 MiB) | auto (exchange where it applies, else allreduce)"""
+    seed: StrictInt = 42
+    """seeds model init, shuffling and negative sampling"""
+    val_k: PositiveInt = 10
+    """validation reports Recall and NDCG at val_k each epoch"""
+    val_max_users: PositiveInt = 5000
+    """validation uses at most this many users (a seeded sample)"""
+    num_threads: NonNegativeInt = 0
+    """torch threads per worker; 0 = max(1, round(cpus_per_worker))"""
+    val_metric: Literal["recall", "ndcg"] = "recall"
+    """recall | ndcg (at val_k): picks the best checkpoint and drives early stopping"""
+    early_stopping_patience: NonNegativeInt = 0
+    """stop after this many epochs without a better val_metric; 0 = never"""
+    max_failures: Annotated[StrictInt, Field(ge=-1)] = 0
+    """worker failures Ray Train recovers from by restarting at the last checkpoint (-1 = any number)"""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"
+    """PACK | SPREAD | STRICT_SPREAD: how workers are placed on nodes"""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32 | bf16 (autocast for the forward pass; mainly for GPUs)"""
 
     @property
     def selection_metric(self) -> str:
         """The reported metric that ranks checkpoints, e.g. "val_recall@10"."""
         return f"val_{self.val_metric}@{self.val_k}"
 
-    def __post_init__(self):
-        mode = MODE_ALIASES.get(self.mode, self.mode) if isinstance(self.mode, int) else self.mode
-        sampler = SAMPLER_ALIASES.get(self.sampler, self.sampler) if isinstance(self.sampler, int) else self.sampler
-        object.__setattr__(self, "mode", mode)
-        object.__setattr__(self, "sampler", sampler)
-        _check_choice("train.mode", self.mode, MODES)
-        _check_choice("train.sampler", self.sampler, SAMPLERS)
-        _check_choice("train.val_metric", self.val_metric, ("recall", "ndcg"))
-        _check_choice("train.placement_strategy", self.placement_strategy, ("PACK", "SPREAD", "STRICT_SPREAD"))
-        _check_choice("train.precision", self.precision, ("fp32", "bf16"))
-        if self.max_failures < -1:
-            raise ConfigError(f"train.max_failures={self.max_failures} must be >= -1 (-1 = retry forever)")
-        for key in ("temperature", "epochs", "batch_size", "lr", "num_workers", "cpus_per_worker", "val_k", "val_max_users"):
-            _check_positive(f"train.{key}", getattr(self, key))
-        for key in ("num_negatives", "weight_decay", "embedding_l2", "num_threads", "early_stopping_patience"):
-            _check_positive(f"train.{key}", getattr(self, key), allow_zero=True)
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode_alias(cls, value):
+        return resolve_alias(value, MODE_ALIASES)
+
+    @field_validator("sampler", mode="before")
+    @classmethod
+    def _sampler_alias(cls, value):
+        return resolve_alias(value, SAMPLER_ALIASES)
+
+    @model_validator(mode="after")
+    def _consistent(self):
         if self.num_negatives == 0 and not self.in_batch_negatives:
-            raise ConfigError("train.num_negatives=0 needs train.in_batch_negatives=true (no negatives at all otherwise)")
+            raise ValueError("train.num_negatives=0 needs train.in_batch_negatives=true (no negatives at all otherwise)")
         if self.batch_size < self.num_workers:
-            raise ConfigError(f"train.batch_size={self.batch_size} is smaller than train.num_workers={self.num_workers}")
+            raise ValueError(f"train.batch_size={self.batch_size} is smaller than train.num_workers={self.num_workers}")
+        if self.grad_sync == "exchange":
+            if self.use_gpu:
+                raise ValueError("train.grad_sync='exchange' runs on gloo (CPU); with train.use_gpu use 'allreduce' or "
+                                 "'auto'")
+            if self.num_workers & (self.num_workers - 1):
+                raise ValueError(f"train.grad_sync='exchange' needs a power-of-two train.num_workers, got "
+                                 f"{self.num_workers}; use 'allreduce' or 'auto'")
+        return self
 
 
-@dataclass(frozen=True)
-class IndexConfig:
+class IndexConfig(_Section):
     """The FAISS index over item embeddings."""
 
-    factory: str = "Flat"  # FAISS index_factory string: Flat, IVF256,Flat, HNSW32, IVF256,PQ16, ...
-    metric: str = "ip"  # ip (inner product) | cosine (normalize, then ip) | l2
-    train_sample: int = 100_000  # vectors used to train IVF/PQ indexes
+    _path: ClassVar[str] = "index"
 
-    def __post_init__(self):
-        _check_choice("index.metric", self.metric, ("ip", "cosine", "l2"))
-        _check_positive("index.train_sample", self.train_sample)
+    factory: StrictStr = "Flat"
+    """FAISS index_factory string: Flat, IVF256,Flat, HNSW32, IVF256,PQ16, ..."""
+    metric: Literal["ip", "cosine", "l2"] = "ip"
+    """ip (inner product) | cosine (normalize, then ip) | l2"""
+    train_sample: PositiveInt = 100_000
+    """vectors used to train IVF / PQ indexes"""
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Section):
     """Offline evaluation by exact full ranking."""
 
-    ks: tuple[int, ...] = (10, 50)  # cut-offs for Recall/HitRate/NDCG/MRR
-    mask_seen: bool = True  # exclude items the user interacted with before the target
-    batch_size: int = 512  # users scored per batch
+    _path: ClassVar[str] = "eval"
 
-    def __post_init__(self):
-        if not self.ks:
-            raise ConfigError("eval.ks must name at least one cut-off")
-        for k in self.ks:
-            if not isinstance(k, int) or k <= 0:
-                raise ConfigError(f"eval.ks contains {k!r}; every cut-off must be a positive integer")
+    ks: tuple[StrictInt, ...] = (10, 50)
+    """cut-offs for Recall / HitRate / NDCG / MRR"""
+    mask_seen: StrictBool = True
+    """exclude the items the user interacted with before the target"""
+    batch_size: PositiveInt = 512
+    """users scored per batch"""
+
+    @field_validator("ks", mode="before")
+    @classmethod
+    def _one_k_is_a_list(cls, value):
+        return (value,) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks):
+        if not ks:
+            raise ValueError("eval.ks must name at least one cut-off")
+        bad = [k for k in ks if k <= 0]
+        if bad:
+            raise ValueError(f"eval.ks contains {bad[0]!r}; every cut-off must be a positive integer")
+        return ks
 
 
-@dataclass(frozen=True)
-class ComputeConfig:
+class ComputeConfig(_Section):
     """How the Ray Data stages use the cluster."""
 
-    embed_actors: int = 1  # actor-pool size of the embedding and evaluation jobs
-    cpus_per_actor: float = 0.5  # fractional so Ray Data's own read tasks always find a CPU
+    _path: ClassVar[str] = "compute"
 
-    def __post_init__(self):
-        _check_positive("compute.embed_actors", self.embed_actors)
-        _check_positive("compute.cpus_per_actor", self.cpus_per_actor)
+    embed_actors: PositiveInt = 1
+    """actor-pool size of the embedding and evaluation jobs"""
+    cpus_per_actor: PositiveNumber = 0.5
+    """fractional, so that Ray Data's own read tasks always find a CPU"""
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+SECTIONS = ("data", "model", "train", "index", "eval", "compute")
+
+
+class PipelineConfig(_Section):
     """Everything one run needs. `run_dir` is the only coupling between stages."""
 
-    run_dir: str = "runs/default"  # local path or URI of the run directory
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
-
-    # ---- construction -------------------------------------------------
-    @classmethod
-    def from_dict(cls, raw: dict | None) -> "PipelineConfig":
-        return _build(cls, raw or {}, prefix="")
+    run_dir: StrictStr = "runs/default"
+    """local path or URI of the run directory"""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @classmethod
     def from_yaml(cls, path: str) -> "PipelineConfig":
@@ -245,19 +342,19 @@ class PipelineConfig:
         return cls.from_dict(raw)
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def replace(self, **overrides: Any) -> "PipelineConfig":
-        """Copy with dotted-key overrides, e.g. replace(**{"train.epochs": 2})."""
+        """A copy with dotted-key overrides, e.g. replace(**{"train.epochs": 2}), validated as a whole."""
         raw = self.to_dict()
         for dotted, value in overrides.items():
             node = raw
             *parents, leaf = dotted.split(".")
             for p in parents:
-                if p not in node or not isinstance(node[p], dict):
+                if not isinstance(node.get(p), dict):
                     raise ConfigError(f"override {dotted!r}: {p!r} is not a config section")
                 node = node[p]
             node[leaf] = value
@@ -265,62 +362,154 @@ class PipelineConfig:
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections; a stage whose inputs hash the same can be skipped."""
-        payload = json.dumps({s: self.to_dict()[s] for s in sections}, sort_keys=True)
+        raw = self.to_dict()
+        payload = json.dumps({s: raw[s] for s in sections}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _build(cls, raw: dict, prefix: str):
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix}{unknown[0]}; allowed keys here: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
-    return cls(**kwargs)
+# ----------------------------------------------------------------------------------------------
+# Errors
 
 
-def _coerce(tp, value, key):
-    """Check `value` against the annotation `tp`, converting lists to tuples and nested dicts to dataclasses."""
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".")
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
+def describe(error: ValidationError, cls: type[BaseModel], prefix: str = "") -> str:
+    """A pydantic ValidationError -> one line per problem, each naming the dotted key and what is allowed."""
+    return "; ".join(_describe_one(e, cls, prefix) for e in error.errors())
+
+
+def _describe_one(err: dict, cls: type[BaseModel], prefix: str) -> str:
+    loc = [str(p) for p in err["loc"]]
+    owner, field = _owner(cls, loc)
+    key = ".".join(([prefix] if prefix else []) + loc)
+    key = _with_index(key, err["loc"])
+    value = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = sorted(owner.model_fields) if owner is not None else []
+        return f"unknown config key {key}; allowed keys here: {allowed}"
+    if kind == "literal_error":
+        return f"{key}={value!r} is not allowed; choose one of {_choices(owner, field)}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return f"{key} must be an integer, got {value!r}"
+    if kind in ("float_type", "float_parsing"):
+        return f"{key} must be a number, got {value!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{key} must be true or false, got {value!r}"
+    if kind in ("string_type",):
+        return f"{key} must be a string, got {value!r}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"{key or 'config'} must be a mapping, got {type(value).__name__}"
+    if kind in ("tuple_type", "list_type"):
+        return f"{key} must be a list, got {value!r}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(err.get("ctx", {}).values()), "")
+        return f"{key}={value!r} must be {op} {bound}"
+    if kind == "value_error":
+        msg = str(err.get("ctx", {}).get("error", err["msg"]))
+        return msg if not key or key.split(".")[0] in msg or msg.startswith(key) else f"{key}: {msg}"
+    return f"{key}: {err['msg']} (got {value!r})"
+
+
+def _owner(cls: type[BaseModel], loc: list[str]) -> tuple[type[BaseModel] | None, str | None]:
+    """The config class that holds the last key of `loc`, and that key."""
+    owner: type[BaseModel] | None = cls
+    for i, part in enumerate(loc):
+        if owner is None or part not in owner.model_fields:
+            return owner, part
+        if i == len(loc) - 1:
+            return owner, part
+        annotation = owner.model_fields[part].annotation
+        owner = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return owner, None
+
+
+def _choices(owner: type[BaseModel] | None, field: str | None) -> list:
+    if owner is None or field not in owner.model_fields:
+        return []
+    for arg in typing.get_args(owner.model_fields[field].annotation) or (owner.model_fields[field].annotation,):
+        if typing.get_origin(arg) is Literal:
+            return list(typing.get_args(arg))
+    if typing.get_origin(owner.model_fields[field].annotation) is Literal:
+        return list(typing.get_args(owner.model_fields[field].annotation))
+    return []
+
+
+def _with_index(key: str, loc: tuple) -> str:
+    """train.ks.1 -> train.ks[1] (list positions read as indices)."""
+    parts = key.split(".")
+    out: list[str] = []
+    for p in parts:
+        if p.isdigit() and out:
+            out[-1] += f"[{p}]"
+        else:
+            out.append(p)
+    return ".".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference documentation
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " \\| ".join(repr(a) for a in args)
+    if origin is typing.Union:
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        return _type_name(inner[0]) + " or null" if len(inner) == 1 else " or ".join(map(_type_name, inner))
     if origin is tuple:
-        if isinstance(value, (str, int, float)) or value is None:
-            value = [value] if value is not None else []
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
-        return tuple(_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-    if tp is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            # mode / sampler accept their integer aliases; they are checked in __post_init__.
-            if isinstance(value, int) and key in ("train.mode", "train.sampler"):
-                return value
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
-    return value
+        return f"list of {_type_name(args[0])}"
+    if origin is dict:
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
+    return {bool: "bool", int: "int", float: "number", str: "string"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _default_text(field) -> str:
+    if field.default_factory is not None:
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            return "(section)"
+    else:
+        value = field.default
+    if isinstance(value, tuple):
+        value = list(value)
+    return "`" + json.dumps(value).replace("|", "\\|") + "`"
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every key of every section, its type, default and description."""
+    lines = ["# Configuration reference", "",
+             "Generated from `ray_recall/config.py` by `python -m ray_recall.config > docs/config.md`; "
+             "a test checks that it is current.", "",
+             "A config is YAML (or a dict) with the sections below; a missing key takes its default, an unknown "
+             "key or a wrong type is an error naming the key. `--set section.key=value` overrides one key on the "
+             "command line.", ""]
+
+    def section(cls: type[BaseModel], path: str) -> None:
+        lines.extend([f"## `{path}`" if path else "## top level", "", (cls.__doc__ or "").strip().splitlines()[0], "",
+                      "| key | type | default | description |", "|---|---|---|---|"])
+        nested = []
+        for name, field in cls.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                nested.append((annotation, f"{path}.{name}" if path else name))
+                if path:  # a subsection inside a section: list it as a row too
+                    lines.append(f"| `{name}` | section | | {' '.join((field.description or '').split())}; see "
+                                 f"[`{path}.{name}`](#{path}{name}) |")
+                continue
+            desc = " ".join((field.description or "").split()).replace("|", "\\|")
+            lines.append(f"| `{name}` | {_type_name(annotation)} | {_default_text(field)} | {desc} |")
+        lines.append("")
+        for sub, sub_path in nested:
+            section(sub, sub_path)
+
+    section(PipelineConfig, "")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reference_markdown())

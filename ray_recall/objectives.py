@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ray_recall.config import MODE_ALIASES, MODES
+from ray_recall.config import resolve_mode
 
 
 def _scores(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,7 +18,7 @@ def _scores(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[t
     return pos_score, neg_score
 
 
-def pointwise_loss(user, pos, neg, *, temperature: float = 1.0, **_) -> torch.Tensor:
+def pointwise_loss(user, pos, neg, *, temperature: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy: the positive is labelled 1, every sampled negative 0 (averaged over all B*(1+N) logits)."""
     pos_score, neg_score = _scores(user, pos, neg)
     logits = torch.cat([pos_score[:, None], neg_score], dim=1) / temperature  # [B, 1+N]
@@ -27,7 +27,7 @@ def pointwise_loss(user, pos, neg, *, temperature: float = 1.0, **_) -> torch.Te
     return F.binary_cross_entropy_with_logits(logits, labels)
 
 
-def pairwise_loss(user, pos, neg, *, temperature: float = 1.0, **_) -> torch.Tensor:
+def pairwise_loss(user, pos, neg, *, temperature: float = 1.0) -> torch.Tensor:
     """BPR: -log sigmoid((s(u, pos) - s(u, neg)) / temperature), averaged over every (positive, negative) pair.
 
     With cosine scores (normalized towers) a margin is at most 2, so plain BPR (temperature 1) saturates
@@ -38,7 +38,7 @@ def pairwise_loss(user, pos, neg, *, temperature: float = 1.0, **_) -> torch.Ten
 
 
 def listwise_loss(user, pos, neg, *, temperature: float = 1.0, in_batch: bool = False, pos_ids=None,
-                  pos_logq=None, neg_logq=None, **_) -> torch.Tensor:
+                  pos_logq=None, neg_logq=None) -> torch.Tensor:
     """Softmax cross-entropy over [positive, negatives] / temperature.
 
     Sampled negatives: logits [s(u,pos), s(u,neg_1..N)]. With `neg_logq` the
@@ -72,7 +72,4 @@ _LOSSES = {"pointwise": pointwise_loss, "pairwise": pairwise_loss, "listwise": l
 
 def get_objective(mode):
     """Objective function by name (pointwise | pairwise | listwise) or seed alias (0 | 1 | 2)."""
-    mode = MODE_ALIASES.get(mode, mode) if isinstance(mode, int) else mode
-    if mode not in _LOSSES:
-        raise ValueError(f"unknown training mode {mode!r}; choose one of {list(MODES)} or 0/1/2")
-    return _LOSSES[mode]
+    return _LOSSES[resolve_mode(mode)]

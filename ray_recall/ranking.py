@@ -6,9 +6,8 @@ import numpy as np
 import torch
 
 from ray_recall import batch as B
-from ray_recall.data.sequences import SequenceTable
+from ray_recall.batch import SequenceTable, user_batch
 from ray_recall.metrics import score_items, target_ranks
-from ray_recall.train.batches import user_batch
 
 
 def _device(model) -> torch.device:
@@ -17,7 +16,7 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def embed_all_items(model, batch_size: int = 8192) -> torch.Tensor:
-    """[num_items, D]: row j is dense item j + 1."""
+    """[num_items, D]: row j is dense item j + 1 (no gradients; in the model's current mode)."""
     ids = model.all_item_ids(device=_device(model))
     return torch.cat([model.encode_item({B.ITEM: ids[i:i + batch_size]}) for i in range(0, len(ids), batch_size)])
 

@@ -1,10 +1,9 @@
-"""The run directory: the only coupling between stages.
+"""Files under one root URI: paths, atomic writes, staged directories. The run directory (`rundir`) builds on it.
 
 Any `pyarrow.fs` URI works (a local path, file://, s3://, gs://), with pyarrow's URI options
 (for an S3-compatible server: s3://bucket/run?endpoint_override=host:9000&scheme=http). Every
 output is written under a temporary name and moved (on object stores, copied) into
-place when complete, so a failed stage leaves the previous outputs intact; `manifest.json` is
-written last and records which stages finished with which config hash.
+place when complete, so a failed stage leaves the previous outputs intact.
 """
 
 from __future__ import annotations
@@ -12,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 import uuid
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-MANIFEST = "manifest.json"
 
+class Storage:
+    """A root directory on any filesystem pyarrow knows; every part path is relative to it."""
 
-class RunDir:
     def __init__(self, uri: str):
         if "://" not in uri:
             uri = os.path.abspath(os.path.expanduser(uri))
@@ -72,16 +72,6 @@ class RunDir:
         with self.fs.open_input_stream(self.path(*parts)) as f:
             return f.read()
 
-    def local_copy(self, *parts: str) -> str:
-        """A local path for a file (itself for local storage, else a downloaded temp copy)."""
-        if self.is_local:
-            return self.path(*parts)
-        import tempfile
-
-        local = os.path.join(tempfile.mkdtemp(prefix="ray_recall_"), parts[-1])
-        pafs.copy_files(self.path(*parts), local, source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
-        return local
-
     # ---- atomic directories -----------------------------------------
     @contextlib.contextmanager
     def staged_dir(self, name: str):
@@ -114,18 +104,26 @@ class RunDir:
         with contextlib.suppress(FileNotFoundError, OSError):
             self.fs.delete_dir(path)
 
-    # ---- manifest ----------------------------------------------------
-    def manifest(self) -> dict:
-        return self.read_json(MANIFEST) if self.exists(MANIFEST) else {"stages": {}}
+    def delete_dir(self, *parts: str) -> None:
+        """Remove a directory and everything in it (nothing happens if it is not there)."""
+        self._delete(self.path(*parts))
 
-    def stage_done(self, stage: str, config_hash: str) -> bool:
-        info = self.manifest()["stages"].get(stage)
-        return bool(info) and info.get("config_hash") == config_hash
+    def subdirs(self, *parts: str) -> list[str]:
+        """Names of the directories directly under `parts`, sorted ([] if it does not exist)."""
+        if not self.exists(*parts):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
-    def record_stage(self, stage: str, config_hash: str, **info) -> None:
-        manifest = self.manifest()
-        manifest["stages"][stage] = {"config_hash": config_hash, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        self.write_json(manifest, MANIFEST)
+    # ---- Parquet -----------------------------------------------------
+    def write_parquet(self, table: pa.Table, *parts: str) -> None:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        self.write_bytes(sink.getvalue().to_pybytes(), *parts)
+
+    def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
+        """One file, or every file of a directory in name order."""
+        return pq.read_table(self.path(*parts), filesystem=self.fs, columns=columns)
 
 
 def _json_default(o):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
 import io
 
 import numpy as np
@@ -16,7 +14,7 @@ from ray_recall.data import generate_seq_features, negative_sample
 from ray_recall.errors import ConfigError, DataError
 from ray_recall.evaluate import evaluate_hit_rate, evaluate_model, evaluate_recall
 from ray_recall.index import VectorIndex
-from ray_recall.models import DSSM, GRU4Rec, MIND, build_model
+from ray_recall.models import DSSM, GRU4Rec, MIND, ModelSpec, build_model
 from ray_recall.train import MatchTrainer
 from tests.test_models import NUM_ITEMS, tiny_schema
 
@@ -28,18 +26,27 @@ def test_models_take_model_zoo_keywords_and_bind_later():
     mind = MIND(item_num=NUM_ITEMS + 5, num_interests=4, hidden_size=64, routing_iterations=3)
     dssm = DSSM(user_features=["taste"], item_features=["category", "tags"], hidden_units=[64, 32, 16],
                 dropout_rates=[0.1, 0.1, 0.1])
-    for model in (gru, mind, dssm):
-        assert not model.is_bound and len(model.state_dict()) == 0
-        assert model.bind(tiny_schema()) is model and model.is_bound
+    built = []
+    for spec, cls in ((gru, GRU4Rec), (mind, MIND), (dssm, DSSM)):
+        # Without data: an explicit spec (name + hyperparameters), no weights.
+        assert isinstance(spec, ModelSpec) and not spec.is_bound and spec.model_class is cls
+        assert not hasattr(spec, "state_dict")
+        model = spec.bind(tiny_schema())
+        assert isinstance(model, cls) and model.spec == spec
         assert model.num_items == NUM_ITEMS  # the table follows the data, whatever item_num said
-    assert gru.gru.num_layers == 2 and gru.gru.hidden_size == 64
-    assert mind.num_interests == 4 and mind.routing_iterations == 3
-    assert [m.out_features for m in dssm.user_tower if isinstance(m, torch.nn.Linear)] == [64, 32, 16, 64]
+        built.append(model)
+    gru_m, mind_m, dssm_m = built
+    assert gru_m.gru.num_layers == 2 and gru_m.gru.hidden_size == 64
+    assert mind_m.num_interests == 4 and mind_m.routing_iterations == 3
+    assert [m.out_features for m in dssm_m.user_tower if isinstance(m, torch.nn.Linear)] == [64, 32, 16, 64]
     assert gru.hyperparameters == {"item_num": NUM_ITEMS, "hidden_size": 64, "num_layers": 2, "dropout_rate": 0.1}
-    # Bound at once when given a schema; the registry path is unchanged and accepts item_num too.
-    assert GRU4Rec(tiny_schema(), 16).is_bound
+    assert repr(gru) == "ModelSpec('gru4rec', embedding_dim=64, item_num=40, hidden_size=64, num_layers=2, dropout_rate=0.1)"
+    # Built at once when given a schema, keeping its spec; the registry path accepts item_num too.
+    direct = GRU4Rec(tiny_schema(), 16, hidden_size=8)
+    assert isinstance(direct, GRU4Rec) and direct.spec == GRU4Rec(embedding_dim=16, hidden_size=8)
     assert build_model("gru4rec", tiny_schema(), 16, {"item_num": NUM_ITEMS}).num_items == NUM_ITEMS
-    assert "item_num" in inspect.signature(MIND.__init__).parameters
+    with pytest.raises(TypeError, match=r"first argument is the data .* GRU4Rec\(embedding_dim=\.\.\.\) for a spec"):
+        GRU4Rec(16)
 
 
 def test_bound_model_weights_follow_the_seed_like_build_model():
@@ -48,19 +55,6 @@ def test_bound_model_weights_follow_the_seed_like_build_model():
     torch.manual_seed(3)
     built = build_model("dssm", tiny_schema(), 16, {"hidden_units": [8]})
     assert all(torch.equal(a, b) for a, b in zip(bound_later.state_dict().values(), built.state_dict().values()))
-
-
-def test_unbound_model_says_what_to_do():
-    model = GRU4Rec(item_num=NUM_ITEMS)
-    with pytest.raises(AttributeError, match=r"not built yet.*MatchTrainer\(model, \.\.\.\)\.fit\(data\.train\)"):
-        model.get_item_vectors()
-    with pytest.raises(DataError, match=r"model\.bind\(data\)"):
-        model.load_state_dict({})
-    bound = GRU4Rec(tiny_schema(), 16)
-    with pytest.raises(DataError, match=r"model\.bind\(data\)"):
-        bound.get_user_vector(user_id=1)
-    assert bound.get_item_vectors().shape == (NUM_ITEMS, 16)
-    assert bound.get_item_ids(dense=True).tolist() == list(range(1, NUM_ITEMS + 1))
 
 
 # ---- errors in the user's language --------------------------------------------------------
@@ -110,7 +104,7 @@ def test_negative_sample_draws_word2vec_style():
 
 def synthetic_log() -> pd.DataFrame:
     """The planted synthetic log as one table: interactions with the user's and the item's attributes inline."""
-    from ray_recall.data.synthetic import generate
+    from ray_recall.stages.preprocess.synthetic import generate
 
     t = generate(num_users=300, num_items=200, num_groups=5, mean_length=20, seed=7)
     return t["interactions"].merge(t["users"], on="user_id").merge(t["items"], on="item_id")
@@ -129,8 +123,8 @@ def test_generate_seq_features_checks_columns(ray_session, tmp_path):
 def test_a_ray_dataset_is_staged_as_parquet(ray_session, tmp_path):
     import ray.data
 
-    from ray_recall.api import _stage_input
-    from ray_recall.storage import RunDir
+    from ray_recall.notebook import _stage_input
+    from ray_recall.rundir import RunDir
 
     df = synthetic_log()
     path = _stage_input(ray.data.from_pandas(df), ["user_id", "item_id", "timestamp", "taste"], RunDir(str(tmp_path)))
@@ -156,11 +150,9 @@ DSSM_PARAMS = {"feature_dim": 16, "hidden_units": [64], "user_features": ["taste
 
 def test_the_api_gives_the_pipeline_jobs_numbers(ordered_batches, tmp_path):
     """run_pipeline on a table vs generate_seq_features + MatchTrainer + evaluate_* on the same rows, config and seed."""
-    from ray_recall.api import SeqData
-    from ray_recall.checkpoint import load_payload
-    from ray_recall.embed import read_embeddings
+    from ray_recall.notebook import SeqData
     from ray_recall.pipeline import run_pipeline
-    from ray_recall.storage import RunDir
+    from ray_recall.rundir import RunDir
 
     df = synthetic_log()
     df.to_parquet(tmp_path / "log.parquet")
@@ -177,13 +169,21 @@ def test_the_api_gives_the_pipeline_jobs_numbers(ordered_batches, tmp_path):
 
     data = generate_seq_features(df, user_attribute_cols=["taste"], item_attribute_cols=["category"], title_col="title",
                                  max_len=20, num_partitions=2, run_dir=tmp_path / "api", log=None)
-    model = DSSM(embedding_dim=32, **DSSM_PARAMS)
-    trainer = MatchTrainer(model, mode=2, optimizer_params={"lr": 0.005}, n_epochs=3, temperature=0.1, batch_size=256,
+    spec = DSSM(embedding_dim=32, **DSSM_PARAMS)
+    # A spec is not a model: the vector and evaluation calls say what to do with it.
+    with pytest.raises(ConfigError, match=r"is a spec, not a trained model: train it with MatchTrainer\(model, \.\.\.\)"):
+        data.item_vectors(spec)
+    with pytest.raises(ConfigError, match=r"is a spec, not a trained model"):
+        evaluate_model(spec, data.test)
+    with pytest.raises(DataError, match=r"built for 9 users, 40 items"):
+        data.item_vectors(spec.bind(tiny_schema()))
+    trainer = MatchTrainer(spec, mode=2, optimizer_params={"lr": 0.005}, n_epochs=3, temperature=0.1, batch_size=256,
                            num_negatives=10, num_workers=1, cpus_per_worker=1.0, log=None)
-    assert trainer.fit(data.train, data.val) is model and not model.training
+    model = trainer.fit(data.train, data.val)
+    assert isinstance(model, DSSM) and trainer.model is model and not model.training and model.spec == spec
     # The same config, but for where the rows were read from.
     assert (trainer.config.model, trainer.config.train) == (cfg.model, cfg.train)
-    assert dataclasses.replace(trainer.config.data, path=cfg.data.path) == cfg.data
+    assert trainer.config.data.model_copy(update={"path": cfg.data.path}) == cfg.data
 
     api = evaluate_model(model, data.test, ks=[10, 20])
     assert api == pytest.approx(job, abs=1e-9), (api, job)
@@ -192,20 +192,23 @@ def test_the_api_gives_the_pipeline_jobs_numbers(ordered_batches, tmp_path):
 
     # The trained weights and the vectors are the job's too.
     job_run = RunDir(cfg.run_dir)
-    job_state = load_payload(job_run, "model", "model.pt")["state_dict"]
+    job_state = job_run.read_model().state_dict
     assert all(torch.allclose(model.state_dict()[k], v, atol=1e-6) for k, v in job_state.items())
-    _, item_vecs = read_embeddings(job_run, "items")
-    assert np.allclose(model.get_item_vectors(), item_vecs, atol=1e-5)
-    user_ids, user_vecs = read_embeddings(job_run, "users")
+    _, item_vecs = job_run.read_embeddings("items")
+    assert np.allclose(data.item_vectors(model), item_vecs, atol=1e-5)
+    user_ids, user_vecs = job_run.read_embeddings("users")
     original = data.decode_users(user_ids[:5])
-    assert np.allclose(model.get_user_vectors(original), user_vecs[:5], atol=1e-5)
-    assert np.allclose(model.get_user_vector(user_id=original[0]), user_vecs[0], atol=1e-5)
+    assert np.allclose(data.user_vectors(model, original), user_vecs[:5], atol=1e-5)
+    assert np.allclose(data.user_vector(model, user_id=original[0]), user_vecs[0], atol=1e-5)
 
     # Original ids at the edges; the index answers in them.
-    assert set(model.get_item_ids().tolist()) == set(df["item_id"].tolist())
-    index = VectorIndex(metric="ip").fit(model.get_item_vectors(), ids=model.get_item_ids())
-    ids, _ = index.query(model.get_user_vector(history=data.history(original[0])[:-1]), n=5)
+    assert set(data.item_ids.tolist()) == set(df["item_id"].tolist())
+    index = VectorIndex(metric="ip").fit(data.item_vectors(model), ids=data.item_ids)
+    ids, _ = index.query(data.user_vector(model, history=data.history(original[0])[:-1]), n=5)
     assert set(ids) <= set(df["item_id"].tolist())
+    # A history that is the user's whole sequence gives the stored user vector (the same window, the same tower).
+    assert np.allclose(data.user_vector(model, history=data.history(original[0]), user_id=original[0]), user_vecs[0],
+                       atol=1e-5)
 
     # state_dict round-trips into a model rebuilt in a "new session" on the reopened run directory.
     buf = io.BytesIO()

@@ -1,4 +1,5 @@
-"""The DDP gradient hook for small CPU models: the same mean as an all-reduce, the same bits on every rank."""
+"""train.grad_sync: the pairwise-exchange hook and DDP's all-reduce give the mean gradient, the same bits on every rank;
+"auto" picks the exchange only where it applies, "exchange" where it cannot apply is an error, not a silent switch."""
 
 import gc
 import os
@@ -9,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from ray_recall.train.comm import SMALL_GRADIENT_BYTES, exchange_allreduce_hook, use_exchange_allreduce
+from ray_recall.errors import ConfigError
+from ray_recall.stages.train.comm import SMALL_GRADIENT_BYTES, exchange_unsuitable, setup_grad_sync
 
 
 def _model() -> nn.Module:
@@ -25,7 +27,7 @@ def _grads(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
-def _worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, store_path: str, out_dir: str, grad_sync: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank, world_size=world)
     try:
@@ -34,10 +36,15 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
         for r in range(world):
             (reference(_inputs(r)).pow(2).mean() / world).backward()
         ddp = nn.parallel.DistributedDataParallel(_model())
-        chosen = use_exchange_allreduce(ddp)
-        if chosen:
-            ddp.register_comm_hook(None, exchange_allreduce_hook)
-        too_big = use_exchange_allreduce(nn.Linear(SMALL_GRADIENT_BYTES // 4, 1))  # 1 MiB + 4 bytes of gradient
+        line = setup_grad_sync(ddp, grad_sync)
+        chosen = "pairwise exchange" in line
+        big = nn.Linear(SMALL_GRADIENT_BYTES // 4, 1)  # 1 MiB + 4 bytes of gradient
+        too_big = exchange_unsuitable(big)
+        try:
+            setup_grad_sync(nn.parallel.DistributedDataParallel(big), "exchange")
+            refused = ""
+        except ConfigError as e:
+            refused = str(e)
         for _ in range(2):  # a second step: DDP rebuilds its buckets after the first
             ddp.zero_grad()
             ddp(_inputs(rank)).pow(2).mean().backward()
@@ -45,7 +52,7 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
         every = [torch.empty_like(got) for _ in range(world)]
         dist.all_gather(every, got)
         torch.save({"got": got, "expected": _grads(reference), "every": every, "chosen": chosen,
-                    "too_big": too_big},
+                    "too_big": too_big, "refused": refused, "line": line},
                    os.path.join(out_dir, f"rank{rank}.pt"))
         # DDP holds the process group: drop it first, or gloo may abort the process as it exits.
         del ddp
@@ -54,18 +61,24 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("world", [2, 3, 4])
-def test_exchange_hook_averages_like_allreduce(world, tmp_path):
-    """2 and 4 ranks use the hook, 3 (not a power of two) DDP's all-reduce; either way the mean gradient."""
-    mp.spawn(_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world)
+@pytest.mark.parametrize("world, grad_sync, hook", [(2, "auto", True), (4, "exchange", True), (3, "auto", False),
+                                                   (2, "allreduce", False)])
+def test_grad_sync_averages_like_allreduce(world, grad_sync, hook, tmp_path):
+    """auto: 2 and 4 ranks use the exchange, 3 (not a power of two) DDP's all-reduce; allreduce never the hook.
+    Either way every rank ends with the mean gradient."""
+    mp.spawn(_worker, args=(world, str(tmp_path / "store"), str(tmp_path), grad_sync), nprocs=world)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     for res in results:
-        assert res["chosen"] == (world != 3)
-        assert not res["too_big"]  # gradients beyond one bucket keep DDP's overlapped all-reduce
+        assert res["chosen"] == hook, res["line"]
+        assert ("not a power of two" in res["line"]) == (world == 3)
+        if world != 3:
+            assert "more than one DDP bucket" in res["too_big"]  # beyond one bucket: DDP's overlapped all-reduce
+            assert "train.grad_sync='exchange' cannot apply" in res["refused"]
         torch.testing.assert_close(res["got"], res["expected"], rtol=1e-5, atol=1e-7)
         for other in res["every"]:
             assert torch.equal(other, res["every"][0])  # every rank holds the same bits: parameters stay in step
 
 
 def test_exchange_hook_needs_a_process_group():
-    assert not use_exchange_allreduce(_model())  # a single process: nothing to sync
+    assert exchange_unsuitable(_model()) == "a single worker"  # a single process: nothing to sync
+    assert setup_grad_sync(_model(), "exchange") == ""

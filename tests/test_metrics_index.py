@@ -59,7 +59,7 @@ def test_flat_index_equals_brute_force(metric):
 
 
 def test_ann_index_recall_and_round_trip(tmp_path):
-    from ray_recall.storage import RunDir
+    from ray_recall.rundir import RunDir
 
     rng = np.random.default_rng(1)
     items = rng.normal(size=(2000, 16)).astype(np.float32)

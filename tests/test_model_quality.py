@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from ray_recall.data.preprocess import load_items, load_samples, load_schema, load_sequences, preprocess
+from ray_recall.stages.preprocess import preprocess
 from ray_recall.metrics import metrics_from_ranks
 from ray_recall.models import available_models
 from ray_recall.ranking import embed_all_items, rank_targets
-from ray_recall.storage import RunDir
-from ray_recall.train.local import fit_in_process
+from ray_recall.rundir import RunDir
+from ray_recall.stages.train.local import fit_in_process
 from tests.conftest import tiny_config
 
 # The objective each model was introduced with, plus list-wise softmax where later work showed
@@ -42,13 +42,13 @@ def prepared(ray_session, tmp_path_factory):
     cfg = tiny_config(tmp_path_factory.mktemp("quality") / "run")
     run = RunDir(cfg.run_dir)
     preprocess(cfg, run, log=lambda *_: None)
-    schema = load_schema(run)
+    schema = run.read_schema()
     splits = {}
     for split in ("val", "test"):
-        df = load_samples(run, split)
+        df = run.read_split(split)
         splits[split] = {c: df[c].to_numpy().astype(np.int64) for c in ("user_idx", "pos", "target")}
-    popularity = torch.tensor(load_items(run)["count"].to_numpy(), dtype=torch.float32)  # [num_items], column j = item j + 1
-    return cfg, run, load_sequences(run, schema.num_users), schema.max_len, splits, popularity
+    popularity = torch.tensor(run.read_items()["count"].to_numpy(), dtype=torch.float32)  # [num_items], column j = item j + 1
+    return cfg, run, run.read_sequences(schema.num_users), schema.max_len, splits, popularity
 
 
 def recall_at_k(model, prepared, split: str) -> tuple[float, float]:

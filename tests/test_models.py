@@ -10,10 +10,10 @@ import torch
 
 from ray_recall import batch as B
 from ray_recall.config import MODES
-from ray_recall.data.schema import DataSchema
+from ray_recall.schema import DataSchema
 from ray_recall.metrics import score_items
 from ray_recall.models import available_models, build_model, get_model_class
-from ray_recall.models.base import length_mask
+from ray_recall.models.layers import length_mask
 from ray_recall.models.mind import MIND, dynamic_interest_count
 from ray_recall.objectives import listwise_loss
 

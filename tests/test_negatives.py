@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ray_recall.data.negatives import NegativeSampler, sampling_weights
+from ray_recall.negatives import NegativeSampler, sampling_weights
 
 # Index 0 is padding; item 6 was never seen in training.
 COUNTS = np.array([0, 50, 20, 10, 5, 1, 0, 3])

@@ -5,12 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
-
-from ray_recall.data.preprocess import load_meta
-from ray_recall.embed import read_embeddings
 from ray_recall.errors import ConfigError, DataError
-from ray_recall.pipeline import STAGES, run_pipeline, run_stage
-from ray_recall.storage import RunDir
+from ray_recall.pipeline import run_pipeline, run_stage
+from ray_recall.rundir import STAGES
+from ray_recall.rundir import RunDir
 from tests.conftest import tiny_config
 
 
@@ -20,7 +18,7 @@ def test_pipeline_outputs_and_quality(trained_run):
     manifest = run.manifest()
     assert set(manifest["stages"]) == set(STAGES)
     metrics = json.loads(open(run.path("metrics.json")).read())
-    assert metrics["num_users"] == load_meta(run)["num_sequence_users"]
+    assert metrics["num_users"] == run.read_meta()["num_sequence_users"]
     model, pop = metrics["metrics"]["dssm"], metrics["metrics"]["most_popular"]
     for k in (10, 20):
         for name in ("recall", "hit_rate", "ndcg", "mrr"):
@@ -31,11 +29,11 @@ def test_pipeline_outputs_and_quality(trained_run):
     assert len(history) == cfg.train.epochs
     assert history[-1]["loss"] < history[0]["loss"]
     # Embeddings cover every item and every kept user, with the configured dimension.
-    item_ids, item_vecs = read_embeddings(run, "items")
-    user_ids, user_vecs = read_embeddings(run, "users")
-    assert item_ids.tolist() == list(range(1, load_meta(run)["num_items"] + 1))
+    item_ids, item_vecs = run.read_embeddings("items")
+    user_ids, user_vecs = run.read_embeddings("users")
+    assert item_ids.tolist() == list(range(1, run.read_meta()["num_items"] + 1))
     assert item_vecs.shape[1] == user_vecs.shape[1] == cfg.model.embedding_dim
-    assert len(user_ids) == load_meta(run)["num_sequence_users"]
+    assert len(user_ids) == run.read_meta()["num_sequence_users"]
     assert np.isfinite(item_vecs).all() and np.isfinite(user_vecs).all()
 
 
@@ -56,7 +54,7 @@ def test_two_workers_train_with_ddp(trained_run, tmp_path):
     hist = summary["history"]
     assert hist[-1]["loss"] < hist[0]["loss"]
     # Both workers' samples are counted: one epoch still covers every training sample.
-    assert hist[0]["samples"] == load_meta(RunDir(cfg.run_dir))["samples"]["train"]
+    assert hist[0]["samples"] == RunDir(cfg.run_dir).read_meta()["samples"]["train"]
     assert summary["val_recall@10"] > 0.0
     assert RunDir(cfg.run_dir).exists("model", "model.pt")
 

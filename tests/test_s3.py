@@ -14,10 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_recall.config import PipelineConfig
-from ray_recall.data import preprocess as P
-from ray_recall.data.synthetic import generate
+from ray_recall.stages.preprocess.synthetic import generate
 from ray_recall.pipeline import run_pipeline
-from ray_recall.storage import RunDir
+from ray_recall.rundir import RunDir
 
 moto_server = pytest.importorskip("moto.server", reason="pip install 'moto[server]' (the test extra)")
 
@@ -85,14 +84,14 @@ def test_preprocess_on_s3_matches_local(s3, tmp_path, ray_session):
     remote, local = RunDir(s3_cfg.run_dir), RunDir(local_cfg.run_dir)
     assert remote.manifest()["stages"]["preprocess"]["config_hash"] != ""
     strip = lambda m: {k: v for k, v in m.items() if k not in ("seconds", "source")}  # noqa: E731
-    meta = P.load_meta(remote)
-    assert strip(meta) == strip(P.load_meta(local)) and meta["source"].startswith("table s3://recall/log.parquet")
+    meta = remote.read_meta()
+    assert strip(meta) == strip(local.read_meta()) and meta["source"].startswith("table s3://recall/log.parquet")
     for split in ("train", "val", "test"):
-        a, b = (P.load_samples(r, split).sort_values(["user_idx", "pos"]).reset_index(drop=True) for r in (remote, local))
+        a, b = (r.read_split(split).sort_values(["user_idx", "pos"]).reset_index(drop=True) for r in (remote, local))
         assert a.equals(b), split
-    assert P.load_items(remote).equals(P.load_items(local))
-    assert np.array_equal(P.load_user_ids(remote), P.load_user_ids(local))
-    seq_a, seq_b = (P.load_sequences(r, meta["num_users"]) for r in (remote, local))
+    assert remote.read_items().equals(local.read_items())
+    assert np.array_equal(remote.read_user_vocab().ids, local.read_user_vocab().ids)
+    seq_a, seq_b = (r.read_sequences(meta["num_users"]) for r in (remote, local))
     assert np.array_equal(seq_a.offsets, seq_b.offsets) and np.array_equal(seq_a.items, seq_b.items)
 
     # A small log on S3 in this process: read from and written to the bucket the same way.
@@ -101,6 +100,6 @@ def test_preprocess_on_s3_matches_local(s3, tmp_path, ray_session):
     run_pipeline(small_cfg, stages=("preprocess",), log=lines.append)
     assert any("in this process" in line for line in lines), lines
     small = RunDir(small_cfg.run_dir)
-    assert strip(P.load_meta(small)) == strip(meta)
+    assert strip(small.read_meta()) == strip(meta)
     for split in ("train", "val", "test"):
-        assert P.load_samples(small, split).equals(P.load_samples(local, split)), split
+        assert small.read_split(split).equals(local.read_split(split)), split

@@ -5,8 +5,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from ray_recall.data import sequences as S
-from ray_recall.data.synthetic import generate
+from ray_recall.batch import SequenceTable
+from ray_recall.stages.preprocess import sequences as S
+from ray_recall.stages.preprocess.synthetic import generate
 from ray_recall.errors import DataError
 
 
@@ -75,7 +76,7 @@ def test_windows_match_reference():
     df = _encoded(seed=5)
     seqs_tbl = S.build_sequences(_table(df))
     ref = _reference(df)
-    table = S.SequenceTable.from_arrow(seqs_tbl, num_users=int(df["user_idx"].max()))
+    table = SequenceTable.from_arrow(seqs_tbl, num_users=int(df["user_idx"].max()))
     samples = S.split_samples(seqs_tbl, "train").to_pandas()
     L = 4
     hist, hist_len = table.windows(samples["user_idx"].to_numpy(), samples["pos"].to_numpy(), L)
@@ -91,7 +92,7 @@ def test_seen_before_and_train_keys():
     seqs_tbl = S.build_sequences(_table(df))
     ref = _reference(df)
     n_users = int(df["user_idx"].max())
-    table = S.SequenceTable.from_arrow(seqs_tbl, n_users)
+    table = SequenceTable.from_arrow(seqs_tbl, n_users)
     users = np.array(sorted(ref))
     pos = np.array([len(ref[u]) - 1 for u in users])
     rows, items = table.seen_before(users, pos)

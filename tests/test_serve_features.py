@@ -45,23 +45,21 @@ def _derive_run(src: str, dst: str, name: str, params: dict, dim: int = 32, fact
     import pyarrow.parquet as pq
     import torch
 
-    from ray_recall.checkpoint import model_payload, save_payload
-    from ray_recall.data.preprocess import load_schema, load_sequences
-    from ray_recall.embed import _interests, _vectors_table, read_embeddings
+    from ray_recall.stages.embed import _interests, _vectors_table
     from ray_recall.index import VectorIndex
     from ray_recall.models import build_model
-    from ray_recall.storage import RunDir
-    from ray_recall.train.batches import user_batch
+    from ray_recall.batch import user_batch
+    from ray_recall.rundir import ModelFile, RunDir, tensor_bytes
 
     shutil.copytree(src, dst)
     run = RunDir(dst)
-    schema = load_schema(run)
+    schema = run.read_schema()
     torch.manual_seed(0)
     model = build_model(name, schema, dim, params).eval()
-    save_payload(model_payload(model, name, dim, params), run, "model", "model.pt")
-    users, _ = read_embeddings(run, "users")
+    run.write_bytes(tensor_bytes(ModelFile(name, dim, params, model.state_dict()).to_dict()), "model", "model.pt")
+    users, _ = run.read_embeddings("users")
     items = np.arange(1, schema.num_items + 1)
-    seqs = load_sequences(run, schema.num_users)
+    seqs = run.read_sequences(schema.num_users)
     with torch.no_grad():
         item_vecs = model.encode_item({B.ITEM: torch.from_numpy(items)}).numpy()
         user_vecs = model.encode_user(user_batch(seqs, users, seqs.length(users), schema.max_len)).numpy()
@@ -142,21 +140,19 @@ def _post(url, body, route=""):
 @functools.lru_cache(maxsize=None)
 def _offline(run_dir: str):
     """(model, index, item vocab, user vocab, stored user vectors by dense id, max_len), loaded in-process."""
-    from ray_recall.checkpoint import load_run_model
-    from ray_recall.data.preprocess import load_items, load_user_ids
-    from ray_recall.embed import read_embeddings
     from ray_recall.index import VectorIndex
-    from ray_recall.storage import RunDir
+    from ray_recall.models import load_trained
+    from ray_recall.rundir import RunDir
 
     run = RunDir(run_dir)
-    model, schema = load_run_model(run)
-    ids, vecs = read_embeddings(run, "users")
-    return (model, VectorIndex.load(run), load_items(run)["raw_id"].to_numpy(), load_user_ids(run),
+    model, schema = load_trained(run)
+    ids, vecs = run.read_embeddings("users")
+    return (model, VectorIndex.load(run), run.read_items()["raw_id"].to_numpy(), run.read_user_vocab().ids,
             dict(zip(ids.tolist(), vecs)), schema.max_len)
 
 
 def _dense(vocab, raw) -> np.ndarray:
-    from ray_recall.data.vocab import lookup
+    from ray_recall.vocab import lookup
 
     return lookup(np.asarray(vocab), np.asarray(list(raw))) if len(raw) else np.zeros(0, np.int64)
 
@@ -189,13 +185,12 @@ def offline_history(run_dir, history, k=K, exclude_seen=True, exclude=()) -> lis
 
 def offline_user(run_dir, user, k=K, exclude_seen=True, exclude=()) -> list[tuple]:
     """The user's stored vector (embedding job), the run's index, the user's known items dropped."""
-    from ray_recall.data.preprocess import load_meta, load_sequences
-    from ray_recall.storage import RunDir
+    from ray_recall.rundir import RunDir
 
     _, _, items, users, vecs, _ = _offline(run_dir)
     d = int(_dense(users, [user])[0])
     run = RunDir(run_dir)
-    seen = load_sequences(run, load_meta(run)["num_users"]).sequence(d).tolist() if exclude_seen else []
+    seen = run.read_sequences(run.read_meta()["num_users"]).sequence(d).tolist() if exclude_seen else []
     return _rank(run_dir, vecs[d], k, set(seen) | set(_dense(items, exclude).tolist()))
 
 

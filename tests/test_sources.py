@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from ray_recall.config import DataConfig, PipelineConfig
-from ray_recall.data.preprocess import load_items, load_meta, load_samples, load_schema, preprocess
-from ray_recall.data.sources import load_source
+from ray_recall.stages.preprocess import preprocess
+from ray_recall.stages.preprocess.sources import load_source
 from ray_recall.errors import DataError
-from ray_recall.storage import RunDir
+from ray_recall.rundir import RunDir
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -99,21 +99,21 @@ def test_table_with_column_mapping_and_inline_features(tmp_path, fmt, stage):
     run = RunDir(cfg.run_dir)
     meta = preprocess(cfg, run, log=lambda *_: None)
     assert meta["num_users"] == 6 and meta["num_interactions"] == 30
-    schema = load_schema(run)
+    schema = run.read_schema()
     assert schema.user_features["segment"].shape == (7,) and schema.user_features["segment"][0] == 0
     assert schema.item_features["tags"].shape[1] == 2  # multi-valued: two codes per item
     assert set(meta["item_features"]["tags"]["values"]) == {"c0", "c1", "c2", "x"}
-    items = load_items(run)
+    items = run.read_items()
     assert items["item_idx"].tolist() == list(range(1, len(items) + 1))  # dense ids from 1
     # The sample counts in meta.json are those of the files written.
-    assert {split: len(load_samples(run, split)) for split in meta["samples"]} == meta["samples"] == {
+    assert {split: len(run.read_split(split)) for split in meta["samples"]} == meta["samples"] == {
         "train": 30 - 3 * 6, "val": 6, "test": 6}
     # Samples follow the sequence files' user order, not the order tasks happened to finish in:
     # that is what makes a fit on the same data the same on any cluster.
     seqs = pd.concat([pd.read_parquet(f) for f in sorted((tmp_path / "run" / "data" / "sequences").glob("*.parquet"))])
     for split, per_user in (("train", seqs["length"] - 3), ("test", 1)):
         want = np.repeat(seqs["user_idx"].to_numpy(), per_user)
-        assert load_samples(run, split)["user_idx"].tolist() == want.tolist(), split
+        assert run.read_split(split)["user_idx"].tolist() == want.tolist(), split
     # The samplers' popularity counts each sequence's train part: all but its last two items.
     want_counts = np.bincount(np.concatenate([s[:-2] for s in seqs["items"]]), minlength=len(items) + 1)
     assert items["count"].tolist() == want_counts[1:].tolist()
@@ -186,8 +186,8 @@ def test_short_users_are_dropped_and_counted(tmp_path, stage):
     run = RunDir(cfg.run_dir)
     meta = preprocess(cfg, run, log=lambda *_: None)
     assert meta["dropped_users"] == 1 and meta["num_sequence_users"] == 1
-    assert meta["samples"] == {"train": 0, "val": 1, "test": 1} and len(load_samples(run, "train")) == 0
-    assert json.loads((tmp_path / "run" / "data" / "meta.json").read_text()) == load_meta(run)
+    assert meta["samples"] == {"train": 0, "val": 1, "test": 1} and len(run.read_split("train")) == 0
+    assert json.loads((tmp_path / "run" / "data" / "meta.json").read_text()) == run.read_meta()
 
 
 def _log_with_duplicates(tmp_path):
@@ -222,7 +222,7 @@ def test_duplicate_rows_error(tmp_path, stage):
 def test_sharded_synthetic_log_shares_the_catalogue_and_is_reproducible(tmp_path):
     """write_sharded: one file per block of users, the catalogue and taste groups of generate(), same files twice."""
     from ray_recall.config import SyntheticConfig
-    from ray_recall.data.synthetic import generate, write_sharded
+    from ray_recall.stages.preprocess.synthetic import generate, write_sharded
 
     cfg = SyntheticConfig(num_users=250, num_items=120, num_groups=4, mean_length=15, seed=5)
     paths = write_sharded(str(tmp_path / "a"), cfg, users_per_file=100)

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from ray_recall.pipeline import run_stage
-from ray_recall.storage import RunDir
-from ray_recall.train.trainer import _checkpoints_by_epoch, checkpoint_name
+from ray_recall.rundir import RunDir
+from ray_recall.stages.train import checkpoint_name
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_killed_worker_recovers_from_last_checkpoint(data_copy):
     def kill_after_first_checkpoint():
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
-            if run.exists("checkpoints", name) and _checkpoints_by_epoch(run, name):
+            if run.checkpoints_by_epoch(name):
                 info = json.loads(open(run.path("train_workers", "rank-0.json")).read())
                 os.kill(info["pid"], signal.SIGKILL)
                 killed.update(info)

@@ -23,7 +23,7 @@ def python_blocks(path: str) -> list[str]:
 def test_tutorial_has_the_workflow_blocks():
     code = "\n".join(python_blocks(TUTORIAL))
     for call in ("load_movielens(", "generate_seq_features(", "negative_sample(", "MatchTrainer(", ".fit(data.train, data.val)",
-                 "evaluate_recall(", "evaluate_hit_rate(", "VectorIndex(", "get_item_vectors()", "get_user_vector(",
+                 "evaluate_recall(", "evaluate_hit_rate(", "VectorIndex(", "item_vectors(model)", "user_vector(model",
                  "torch.save(model.state_dict()", "load_state_dict(torch.load(", "GRU4Rec(", "MIND("):
         assert call in code, call
 
@@ -62,5 +62,5 @@ def test_tutorial_runs(ray_session, tmp_path, monkeypatch, capsys):
     assert set(recommended) <= set(data.item_ids.tolist())
     assert namespace["interests"].shape == (4, mind.embedding_dim)
     assert "best epoch" in out and "Recall@10" in out
-    assert np.allclose(namespace["restored"].get_user_vector(user_id=namespace["user_id"]),
-                       model.get_user_vector(user_id=namespace["user_id"]))
+    assert np.allclose(data.user_vector(namespace["restored"], user_id=namespace["user_id"]),
+                       data.user_vector(model, user_id=namespace["user_id"]))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ray_recall import batch as B
-from ray_recall.config import MODES
-from ray_recall.data.schema import DataSchema
-from ray_recall.models.base import RecallModel, length_mask
+from ray_recall.schema import DataSchema
+from ray_recall.models.base import RecallModel
+from ray_recall.models.layers import item_table, length_mask
 from ray_recall.models.registry import register_model
 
 
@@ -36,20 +35,15 @@ class ComiRecSA(RecallModel):
     """
 
     multi_interest = True
-    modes = MODES
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_interests: int = 4, hidden_size: int = 0,
                  use_positional: bool = True, attention_power: float = 1.0, normalize: bool = True):
-        super().__init__(schema, embedding_dim)
+        super().__init__(schema, embedding_dim, normalize)
         if num_interests < 1:
             raise ValueError(f"comirec needs num_interests >= 1, got {num_interests}")
         self.num_interests = num_interests
         self.attention_power = attention_power
-        self.normalize = normalize
-        self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=embedding_dim ** -0.5)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = item_table(schema.num_items, embedding_dim)
         self.pos_emb = nn.Embedding(schema.max_len, embedding_dim) if use_positional else None
         if self.pos_emb is not None:
             nn.init.normal_(self.pos_emb.weight, std=embedding_dim ** -0.5)
@@ -69,9 +63,7 @@ class ComiRecSA(RecallModel):
         # The most negative finite value (not -inf) keeps an empty history's row finite; its weights are then zeroed.
         scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
         attn = torch.softmax(scores, dim=-1) * mask[:, None, :].to(scores.dtype)  # [B, K, L]
-        interests = attn @ e  # [B, K, D]
-        return F.normalize(interests, dim=-1) if self.normalize else interests
+        return self.output(attn @ e)  # [B, K, D]
 
     def encode_item(self, batch):
-        out = self.item_emb(batch[B.ITEM])  # [..., D]
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]

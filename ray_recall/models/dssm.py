@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ray_recall import batch as B
-from ray_recall.data.schema import DataSchema
-from ray_recall.models.base import FeatureEmbedding, RecallModel, length_mask, masked_mean, mlp
+from ray_recall.schema import DataSchema
+from ray_recall.models.base import RecallModel
+from ray_recall.models.layers import FeatureEmbedding, length_mask, masked_mean, mlp
 from ray_recall.models.registry import register_model
 
 
@@ -28,10 +28,9 @@ class DSSM(RecallModel):
                  item_features: list[str] | None = None, feature_dim: int = 32, hidden_units: tuple[int, ...] = (256, 128),
                  dropout_rates: tuple[float, ...] | float = 0.0, activation: str = "relu", use_user_id: bool = True,
                  use_history: bool = True, normalize: bool = True):
-        super().__init__(schema, embedding_dim)
+        super().__init__(schema, embedding_dim, normalize)
         self.use_user_id = use_user_id
         self.use_history = use_history
-        self.normalize = normalize
         self.user_id_emb = nn.Embedding(schema.num_users + 1, feature_dim, padding_idx=0) if use_user_id else None
         self.item_id_emb = nn.Embedding(schema.num_items + 1, feature_dim, padding_idx=0)
         self.user_feats = FeatureEmbedding(schema, "user", list(schema.user_features) if user_features is None else user_features, feature_dim)
@@ -52,10 +51,8 @@ class DSSM(RecallModel):
             hist = batch[B.HIST]
             parts.append(masked_mean(self.item_id_emb(hist), length_mask(batch[B.HIST_LEN], hist.shape[1])))
         parts.append(self.user_feats(user))
-        out = self.user_tower(torch.cat(parts, dim=-1))  # [B, D]
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(self.user_tower(torch.cat(parts, dim=-1)))  # [B, D]
 
     def encode_item(self, batch):
         item = batch[B.ITEM]
-        out = self.item_tower(torch.cat([self.item_id_emb(item), self.item_feats(item)], dim=-1))  # [..., D]
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(self.item_tower(torch.cat([self.item_id_emb(item), self.item_feats(item)], dim=-1)))  # [..., D]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ray_recall import batch as B
-from ray_recall.config import MODES
-from ray_recall.data.schema import DataSchema
-from ray_recall.models.base import RecallModel, length_mask
+from ray_recall.schema import DataSchema
+from ray_recall.models.base import RecallModel
+from ray_recall.models.layers import gather_last, item_table, length_mask
 from ray_recall.models.registry import register_model
 
 
@@ -30,18 +29,13 @@ class GRU4Rec(RecallModel):
         encode_item: ITEM [...] -> [..., D]
     """
 
-    modes = MODES
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, hidden_size: int = 64, num_layers: int = 1,
                  dropout_rate: float = 0.1, normalize: bool = True):
-        super().__init__(schema, embedding_dim)
+        super().__init__(schema, embedding_dim, normalize)
         if hidden_size <= 0 or num_layers <= 0:
             raise ValueError(f"gru4rec needs hidden_size > 0 and num_layers > 0, got {hidden_size} and {num_layers}")
-        self.normalize = normalize
-        self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=embedding_dim ** -0.5)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = item_table(schema.num_items, embedding_dim)
         self.emb_dropout = nn.Dropout(dropout_rate)
         self.gru = nn.GRU(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
                           dropout=dropout_rate if num_layers > 1 else 0.0)
@@ -55,11 +49,7 @@ class GRU4Rec(RecallModel):
         # at the last real position never sees them anyway.
         x = self.emb_dropout(self.item_emb(hist) * mask.unsqueeze(-1))  # [B, L, D]
         out, _ = self.gru(x)  # [B, L, H]
-        last = (hist_len.clamp(min=1, max=L) - 1)[:, None, None].expand(-1, 1, out.shape[-1])
-        state = out.gather(1, last).squeeze(1) * (hist_len > 0).unsqueeze(-1).to(out.dtype)  # [B, H]; empty history -> 0
-        user = self.proj(state)  # [B, D]
-        return F.normalize(user, dim=-1) if self.normalize else user
+        return self.output(self.proj(gather_last(out, hist_len)))  # [B, D]; an empty history gives proj(0)
 
     def encode_item(self, batch):
-        out = self.item_emb(batch[B.ITEM])  # [..., D]
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]

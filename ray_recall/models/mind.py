@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_recall import batch as B
-from ray_recall.config import MODES
-from ray_recall.data.schema import DataSchema
-from ray_recall.models.base import RecallModel, length_mask, mlp
+from ray_recall.schema import DataSchema
+from ray_recall.models.base import RecallModel
+from ray_recall.models.layers import item_table, label_aware_attention, length_mask, mlp
 from ray_recall.models.registry import register_model
 
 
@@ -53,12 +53,11 @@ class MIND(RecallModel):
     """
 
     multi_interest = True
-    modes = MODES
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_interests: int = 4, routing_iterations: int = 3,
                  hidden_size: int = 0, dynamic_interests: bool = False, attention_power: float = 2.0,
                  routing_init_std: float = 1.0, normalize: bool = True):
-        super().__init__(schema, embedding_dim)
+        super().__init__(schema, embedding_dim, normalize)
         if num_interests < 1 or routing_iterations < 1:
             raise ValueError(f"mind needs num_interests >= 1 and routing_iterations >= 1, "
                              f"got {num_interests} and {routing_iterations}")
@@ -67,11 +66,7 @@ class MIND(RecallModel):
         self.dynamic_interests = dynamic_interests
         self.attention_power = attention_power
         self.routing_init_std = routing_init_std
-        self.normalize = normalize
-        self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=embedding_dim ** -0.5)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        self.item_emb = item_table(schema.num_items, embedding_dim)
         self.bilinear = nn.Linear(embedding_dim, embedding_dim, bias=False)  # S, shared by every (behaviour, interest) pair
         self.out = mlp(embedding_dim, [hidden_size], embedding_dim) if hidden_size > 0 else nn.Identity()
         self.register_buffer("eval_routing_logits", torch.randn(num_interests, schema.max_len) * routing_init_std)
@@ -104,8 +99,7 @@ class MIND(RecallModel):
             caps = squash(torch.bmm(w, low if last else low_fixed))  # [B, K, D]
             if not last:
                 logits = logits + torch.bmm(caps, low_fixed.transpose(1, 2))
-        out = self.out(caps)  # [B, K, D]
-        return (F.normalize(out, dim=-1) if self.normalize else out), active
+        return self.output(self.out(caps)), active  # [B, K, D]
 
     def behaviours(self, hist: torch.Tensor) -> torch.Tensor:
         """HIST [B, L] -> S e_i [B, L, D]; 0 at padding (item 0, whose embedding is 0 and gets no gradient).
@@ -125,17 +119,9 @@ class MIND(RecallModel):
         return interests  # [B, K, D]
 
     def encode_item(self, batch):
-        out = self.item_emb(batch[B.ITEM])  # [..., D]
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]
 
-    def forward(self, batch):
-        """(user [B, D], pos [B, D], neg [B, N, D]); label-aware attention skips inactive interests."""
-        pos_ids, neg_ids = batch[B.POS], batch[B.NEG]
-        unique, inverse = torch.unique(torch.cat([pos_ids, neg_ids.reshape(-1)]), return_inverse=True)
-        items = self.encode_item({B.ITEM: unique})[inverse]
-        pos = items[: len(pos_ids)]  # [B, D]
-        neg = items[len(pos_ids):].reshape(*neg_ids.shape, -1)  # [B, N, D]
+    def user_for_target(self, batch, target):
+        """Label-aware attention over the active interests only (inactive ones are copies of the first)."""
         interests, active = self.interests(batch)
-        logits = torch.einsum("bkd,bd->bk", interests, pos) * self.attention_power
-        weights = torch.softmax(logits.masked_fill(~active, float("-inf")), dim=-1)  # [B, K]
-        return torch.einsum("bk,bkd->bd", weights, interests), pos, neg
+        return label_aware_attention(interests, target, self.attention_power, active)

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_recall import batch as B
-from ray_recall.config import MODES
-from ray_recall.data.schema import DataSchema
-from ray_recall.models.base import RecallModel, length_mask
+from ray_recall.schema import DataSchema
+from ray_recall.models.base import RecallModel
+from ray_recall.models.layers import gather_last, item_table, length_mask
 from ray_recall.models.registry import register_model
 
 
@@ -54,20 +54,15 @@ class SASRec(RecallModel):
         encode_item: ITEM [...] -> [..., D]
     """
 
-    modes = MODES
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_blocks: int = 2, num_heads: int = 1,
                  dropout_rate: float = 0.2, normalize: bool = True):
-        super().__init__(schema, embedding_dim)
+        super().__init__(schema, embedding_dim, normalize)
         if num_heads <= 0 or embedding_dim % num_heads:
             raise ValueError(f"sasrec: num_heads={num_heads} must be positive and divide embedding_dim={embedding_dim}")
-        self.normalize = normalize
-        self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
+        self.item_emb = item_table(schema.num_items, embedding_dim)
         self.pos_emb = nn.Embedding(schema.max_len, embedding_dim)
-        for emb in (self.item_emb, self.pos_emb):
-            nn.init.normal_(emb.weight, std=embedding_dim ** -0.5)
-        with torch.no_grad():
-            self.item_emb.weight[0].zero_()
+        nn.init.normal_(self.pos_emb.weight, std=embedding_dim ** -0.5)
         self.emb_dropout = nn.Dropout(dropout_rate)
         self.blocks = nn.ModuleList(_CausalBlock(embedding_dim, num_heads, dropout_rate) for _ in range(num_blocks))
         self.ln_out = nn.LayerNorm(embedding_dim)
@@ -89,10 +84,7 @@ class SASRec(RecallModel):
         for block in self.blocks:
             x = block(x, allowed)
         x = self.ln_out(x)
-        last = (hist_len.clamp(min=1, max=L) - 1)[:, None, None].expand(-1, 1, x.shape[-1])
-        user = x.gather(1, last).squeeze(1) * (hist_len > 0).unsqueeze(-1).to(x.dtype)  # [B, D]; empty history -> 0
-        return F.normalize(user, dim=-1) if self.normalize else user
+        return self.output(gather_last(x, hist_len))  # [B, D]; an empty history gives 0
 
     def encode_item(self, batch):
-        out = self.item_emb(batch[B.ITEM])  # [..., D]
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]

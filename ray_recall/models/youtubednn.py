@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ray_recall import batch as B
-from ray_recall.config import MODES
-from ray_recall.data.schema import DataSchema
-from ray_recall.models.base import FeatureEmbedding, RecallModel, length_mask, masked_mean, mlp
+from ray_recall.schema import DataSchema
+from ray_recall.models.base import RecallModel
+from ray_recall.models.layers import FeatureEmbedding, item_table, length_mask, masked_mean, mlp
 from ray_recall.models.registry import register_model
 
 
@@ -31,31 +30,24 @@ class YouTubeDNN(RecallModel):
         encode_item: ITEM [...] -> [..., D]
     """
 
-    modes = MODES
-
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, user_features: list[str] | None = None,
                  item_features: list[str] | tuple[str, ...] | None = (), feature_dim: int = 32,
                  hidden_units: tuple[int, ...] = (128,), dropout_rates: tuple[float, ...] | float = 0.0,
                  activation: str = "relu", use_user_id: bool = False, normalize: bool = True):
-        super().__init__(schema, embedding_dim)
+        super().__init__(schema, embedding_dim, normalize)
         self.use_user_id = use_user_id
-        self.normalize = normalize
         # The history's input embedding is separate from the output table, as in the paper: a watched
         # video as context and a video as a softmax class need not live in the same space.
-        self.hist_emb = nn.Embedding(schema.num_items + 1, feature_dim, padding_idx=0)
+        self.hist_emb = item_table(schema.num_items, feature_dim, std=embedding_dim ** -0.5)
         self.user_id_emb = nn.Embedding(schema.num_users + 1, feature_dim, padding_idx=0) if use_user_id else None
         user_names = list(schema.user_features) if user_features is None else list(user_features)
         self.user_feats = FeatureEmbedding(schema, "user", user_names, feature_dim)
         self.user_tower = mlp(feature_dim * (1 + int(use_user_id)) + self.user_feats.out_dim, list(hidden_units), embedding_dim,
                               dropout_rates, activation)
-        self.item_emb = nn.Embedding(schema.num_items + 1, embedding_dim, padding_idx=0)
+        self.item_emb = item_table(schema.num_items, embedding_dim)
         item_names = list(schema.item_features) if item_features is None else list(item_features)
         self.item_feats = FeatureEmbedding(schema, "item", item_names, feature_dim)
         self.item_feat_proj = nn.Linear(self.item_feats.out_dim, embedding_dim, bias=False) if self.item_feats.names else None
-        for emb in (self.hist_emb, self.item_emb):
-            nn.init.normal_(emb.weight, std=embedding_dim ** -0.5)
-            with torch.no_grad():
-                emb.weight[0].zero_()
 
     def encode_user(self, batch):
         user, hist = batch[B.USER], batch[B.HIST]
@@ -64,12 +56,11 @@ class YouTubeDNN(RecallModel):
         if self.use_user_id:
             parts.append(self.user_id_emb(user))
         parts.append(self.user_feats(user))
-        out = self.user_tower(torch.cat(parts, dim=-1))  # [B, D]
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(self.user_tower(torch.cat(parts, dim=-1)))  # [B, D]
 
     def encode_item(self, batch):
         item = batch[B.ITEM]
         out = self.item_emb(item)  # [..., D]
         if self.item_feat_proj is not None:
             out = out + self.item_feat_proj(self.item_feats(item))
-        return F.normalize(out, dim=-1) if self.normalize else out
+        return self.output(out)

@@ -17,7 +17,7 @@ requests in flight finish on the old one, none fails. A run that fails to load i
 
 Start it with `ray-recall serve --run-dir runs/x`, `python jobs/serve.py --run-dir runs/x`,
 `serve run ray_recall.serve.app:app_builder run_dir=runs/x`, or a Serve config file whose
-`import_path` is `ray_recall.serve.app:app_builder` with `args: {run_dir: ..., replicas: ...}` (see BUILD_ARGS).
+`import_path` is `ray_recall.serve.app:app_builder` with `args: {run_dir: ..., replicas: ...}` (see `ServeSettings`).
 """
 
 import asyncio
@@ -26,33 +26,61 @@ import logging
 import os
 import signal
 import threading
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
 from ray import serve
 
-from ray_recall.serve.recaller import UNKNOWN_ITEMS, InvalidQueryError, Query, Recaller, UnknownUserError
+from ray_recall.runtime import init_ray
+from ray_recall.serve.recaller import InvalidQueryError, Query, Recaller, UnknownUserError
 
 APP_NAME = "ray_recall"
 MAX_K = 1000
 MAX_EXCLUDE = 10_000
 
-# Build arguments of `app_builder` / `build_app` and their defaults.
-BUILD_ARGS = {
-    "run_dir": None,              # the run to serve (absolute path or URI); becomes user_config {"run_dir": ...}
-    "replicas": 1,                # replica count (a config's num_replicas / autoscaling_config overrides it)
-    "max_batch_size": 16,         # most requests answered by one user-tower pass and one index search
-    # How long the first request of a batch waits for others. 0: a batch is every request already waiting,
-    # so a lone request waits for nothing, while under load the requests that queue up while the replica
-    # is busy still share a pass. `benchmarks/serve_bench.py --batch-wait-timeout-s 0 0.001 0.005` compares
-    # them; on a loaded 2-core box a 5 ms wait added ~9 ms to p50 at one client (1 ms: ~3 ms), and with 0
-    # the batches at 32 clients still held ~12 requests.
-    "batch_wait_timeout_s": 0.0,
-    "unknown_items": "ignore",    # history items outside the run: "ignore" (reported) or "error" (422)
-    "max_history": 1000,          # longest history accepted, in items
-}
+
+class ServeSettings(BaseModel):
+    """The endpoint's build arguments (`app_builder` / `build_app`), defaults and checks in one place.
+
+    Values given on the `serve run ... key=value` command line arrive as strings and are converted.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    run_dir: Optional[str] = None
+    """the run to serve (absolute path or URI); becomes the deployment's user_config {"run_dir": ...}"""
+    replicas: int = Field(1, ge=1)
+    """replica count (a Serve config's num_replicas / autoscaling_config overrides it)"""
+    max_batch_size: int = Field(16, ge=1)
+    """most requests answered by one user-tower pass and one index search"""
+    batch_wait_timeout_s: float = Field(0.0, ge=0)
+    """how long the first request of a batch waits for others. 0: a batch is every request already waiting,
+    so a lone request waits for nothing, while under load the requests that queue up while the replica is busy
+    still share a pass (`benchmarks/serve_bench.py --batch-wait-timeout-s 0 0.001 0.005` compares them)"""
+    unknown_items: Literal["ignore", "error"] = "ignore"
+    """history items outside the run: "ignore" (reported in the answer) or "error" (a 422)"""
+    max_history: int = Field(1000, ge=1)
+    """the longest history accepted, in items"""
+
+    @classmethod
+    def parse(cls, values: dict, where: str) -> "ServeSettings":
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'args'}: {err['msg']} (got {err.get('input')!r})"
+                                 if err["type"] != "extra_forbidden" else
+                                 f"no argument {err['loc'][0]!r}; accepted: {list(cls.model_fields)}"
+                                 for err in e.errors())
+            raise ValueError(f"{where}: {problems}") from None
+
+    def replica_args(self) -> dict:
+        """What each replica's constructor takes: the settings that are not the run or the replica count."""
+        return self.model_dump(exclude={"run_dir", "replicas"})
+
+
+BUILD_ARGS = {name: field.default for name, field in ServeSettings.model_fields.items()}
 
 # Original ids are ints or strings. Strict types so that JSON true, 1.5 or null is a 422
 # rather than silently becoming user 1 or "None".
@@ -115,16 +143,14 @@ def _run_dir_of(user_config) -> str:
 class RecallDeployment:
     """One replica: loads the run named by its user_config, then answers requests from memory in batches."""
 
-    def __init__(self, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.0, unknown_items: str = "ignore",
-                 max_history: int = 1000):
+    def __init__(self, **settings):
         import torch
 
         # Replicas share the node's cores: concurrent requests are the parallelism (Recaller pins FAISS likewise).
         torch.set_num_threads(1)
-        self.settings = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s,
-                         "unknown_items": unknown_items, "max_history": max_history}
-        self._batch.set_max_batch_size(max_batch_size)
-        self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.settings = ServeSettings.parse(settings, "RecallDeployment").replica_args()
+        self._batch.set_max_batch_size(self.settings["max_batch_size"])
+        self._batch.set_batch_wait_timeout_s(self.settings["batch_wait_timeout_s"])
         self.recaller: Recaller | None = None  # set by reconfigure, which Serve calls right after __init__
         self.reload_error: str | None = None  # why the last run switch failed, while the previous run serves
         self._swap = asyncio.Lock()
@@ -190,53 +216,35 @@ def _resolve(run_dir: str) -> str:
     return run_dir if "://" in run_dir else os.path.abspath(os.path.expanduser(run_dir))
 
 
-def build_app(run_dir: str, replicas: int = 1, *, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.0,
-              unknown_items: str = "ignore", max_history: int = 1000):
-    """Run directory (local path or URI), replica count, batching and history settings -> the bound Serve application.
+def build_app(run_dir: str, replicas: int = 1, **settings):
+    """Run directory (local path or URI), replica count and the other `ServeSettings` -> the bound Serve application.
 
     The run goes into the deployment's user_config, so that a new run_dir there is a hot reload.
     """
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
-        raise ValueError(f"replicas={replicas!r} must be an integer >= 1")
-    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-        raise ValueError(f"max_batch_size={max_batch_size!r} must be an integer >= 1")
-    if isinstance(batch_wait_timeout_s, bool) or not isinstance(batch_wait_timeout_s, (int, float)) or batch_wait_timeout_s < 0:
-        raise ValueError(f"batch_wait_timeout_s={batch_wait_timeout_s!r} must be a number >= 0 (seconds)")
-    if unknown_items not in UNKNOWN_ITEMS:
-        raise ValueError(f"unknown_items={unknown_items!r}; choose one of {list(UNKNOWN_ITEMS)}")
-    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
-        raise ValueError(f"max_history={max_history!r} must be an integer >= 1")
-    # Room for one batch being computed while the next one fills.
-    options = dict(num_replicas=replicas, user_config={"run_dir": _resolve(run_dir)},
-                   max_ongoing_requests=max(2 * max_batch_size, 5))
-    return RecallDeployment.options(**options).bind(max_batch_size=max_batch_size,
-                                                    batch_wait_timeout_s=float(batch_wait_timeout_s),
-                                                    unknown_items=unknown_items, max_history=max_history)
+    return _bind(ServeSettings.parse({"run_dir": run_dir, "replicas": replicas, **settings}, "build_app"))
 
 
 def app_builder(args: dict):
-    """Serve application builder: {"run_dir": ..., "replicas": 1, ...} (see BUILD_ARGS) from `serve run ... run_dir=...`
-    or a config. Values given on the `serve run` command line arrive as strings and are converted."""
-    unknown = sorted(set(args) - set(BUILD_ARGS))
-    if unknown:
-        raise ValueError(f"ray_recall.serve.app:app_builder has no argument {unknown[0]!r}; accepted: {list(BUILD_ARGS)}")
-    if "run_dir" not in args:
+    """Serve application builder: {"run_dir": ..., "replicas": 1, ...} (see `ServeSettings`) from
+    `serve run ray_recall.serve.app:app_builder run_dir=...` or a Serve config's `args`."""
+    settings = ServeSettings.parse(dict(args), "ray_recall.serve.app:app_builder")
+    if settings.run_dir is None:
         raise ValueError("ray_recall.serve.app:app_builder needs run_dir=<run directory>")
-    kw = {k: args.get(k, default) for k, default in BUILD_ARGS.items()}
-    for key, cast in (("replicas", int), ("max_batch_size", int), ("max_history", int), ("batch_wait_timeout_s", float)):
-        if isinstance(kw[key], str):
-            try:
-                kw[key] = cast(kw[key])
-            except ValueError:
-                raise ValueError(f"{key}={kw[key]!r} is not a number") from None
-    return build_app(kw.pop("run_dir"), kw.pop("replicas"), **kw)
+    return _bind(settings)
+
+
+def _bind(settings: ServeSettings):
+    if settings.run_dir is None:
+        raise ValueError("build_app needs a run directory")
+    # Room for one batch being computed while the next one fills.
+    options = dict(num_replicas=settings.replicas, user_config={"run_dir": _resolve(settings.run_dir)},
+                   max_ongoing_requests=max(2 * settings.max_batch_size, 5))
+    return RecallDeployment.options(**options).bind(**settings.replica_args())
 
 
 def serve_forever(run_dir: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1) -> None:
     """Deploy the endpoint for `run_dir` on http://host:port/ and block until Ctrl-C or SIGTERM, then shut Serve down."""
-    from ray_recall.data.preprocess import load_user_ids
-    from ray_recall.pipeline import init_ray
-    from ray_recall.storage import RunDir
+    from ray_recall.rundir import RunDir
 
     init_ray()
     serve.start(http_options={"host": host, "port": port})
@@ -244,8 +252,7 @@ def serve_forever(run_dir: str, host: str = "127.0.0.1", port: int = 8000, repli
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         serve.run(build_app(run_dir, replicas), name=APP_NAME, route_prefix="/")
-        users = load_user_ids(RunDir(_resolve(run_dir)))
-        example = users[0].item() if hasattr(users[0], "item") else users[0]
+        example = RunDir(_resolve(run_dir)).read_user_vocab().first(1)[0]
         url = f"http://{host}:{port}"
         print(f"Recall endpoint for {run_dir} at {url} ({replicas} replica{'s' if replicas != 1 else ''})\n"
               f"  curl -s {url}/healthz\n"

@@ -12,14 +12,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ray_recall import batch as B
-from ray_recall.checkpoint import load_payload, model_from_payload
-from ray_recall.data.preprocess import load_items, load_meta, load_schema, load_sequences, load_user_ids
-from ray_recall.data.vocab import lookup
-from ray_recall.embed import read_embeddings
-from ray_recall.errors import DataError, RayRecallError
-from ray_recall.index import VectorIndex, merge_interests
-from ray_recall.storage import RunDir
+from ray_recall.batch import pad_histories
+from ray_recall.errors import RayRecallError
+from ray_recall.models import build_from_file
+from ray_recall.retrieval import VectorIndex, merge_interests
+from ray_recall.rundir import RunDir
 
 UNKNOWN_ITEMS = ("ignore", "error")  # what a history item outside the run's items does
 
@@ -82,24 +79,23 @@ class Recaller:
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         self.unknown_items, self.max_history = unknown_items, int(max_history)
         self.run = RunDir(run_uri)
-        meta = load_meta(self.run)
-        self.user_raw = load_user_ids(self.run)  # dense id d -> user_raw[d - 1]
-        items = load_items(self.run)
-        self.item_raw = items["raw_id"].to_numpy()  # sorted: dense item id d -> item_raw[d - 1]
-        self.titles = items["title"].to_numpy()
-        self.seqs = load_sequences(self.run, meta["num_users"])
-        ids, vecs = read_embeddings(self.run, "users")
+        meta = self.run.read_meta()
+        self.users = self.run.read_user_vocab()
+        self.user_raw = self.users.ids  # dense id d -> user_raw[d - 1]
+        self.items = self.run.read_item_vocab()
+        self.item_raw = self.items.ids  # sorted: dense item id d -> item_raw[d - 1]
+        self.titles = self.run.read_items()["title"].to_numpy()
+        self.seqs = self.run.read_sequences(meta["num_users"])
+        ids, vecs = self.run.read_embeddings("users")
         self.user_vecs = np.zeros((meta["num_users"] + 1,) + vecs.shape[1:], dtype=np.float32)  # [U+1, D] or [U+1, K, D]
         self.user_vecs[ids] = vecs
         self.has_vector = np.zeros(meta["num_users"] + 1, dtype=bool)
         self.has_vector[ids] = True
         self.index = VectorIndex.load(self.run)
-        if not self.run.exists("model", "model.pt"):
-            raise DataError(f"{self.run.uri}: no trained model (model/model.pt); run the train stage first")
-        payload = load_payload(self.run, "model", "model.pt")
-        self.model = model_from_payload(payload, load_schema(self.run))
+        model_file = self.run.read_model()
+        self.model = build_from_file(model_file, self.run.read_schema())
         self.max_len = int(self.model.max_len)
-        self.model_name = payload["name"]
+        self.model_name = model_file.name
         self.info = {"run": self.run.uri, "model": self.model_name, "index": self.index.factory,
                      "metric": self.index.metric, "items": len(self.index), "users": int(len(ids)),
                      "interests": int(vecs.shape[1]) if vecs.ndim == 3 else 1, "history_queries": self.encodes_history,
@@ -115,7 +111,7 @@ class Recaller:
         return bool(getattr(self.model, "use_history", True))
 
     def dense_user(self, user_id) -> int:
-        d = int(lookup(np.asarray(self.user_raw), np.asarray([user_id]))[0])
+        d = int(self.users.encode([user_id])[0])
         if d == 0 or not self.has_vector[d]:
             raise UnknownUserError(f"unknown user_id {user_id!r}: not in this run's users")
         return d
@@ -127,7 +123,7 @@ class Recaller:
         values = np.asarray(list(raw_items))
         if values.dtype.kind == "O":  # e.g. ints beyond int64: compare as strings
             values = values.astype(str)
-        return lookup(np.asarray(self.item_raw), values)
+        return self.items.encode(values)
 
     def history(self, user_id) -> list:
         """The user's known items (original ids), oldest first."""
@@ -224,12 +220,7 @@ class Recaller:
     @torch.no_grad()
     def _encode_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         """Dense histories (each oldest first, <= max_len) -> user vectors [B, D] or [B, K, D], one model pass."""
-        hist = np.zeros((len(histories), self.max_len), dtype=np.int64)  # right-padded, as the embedding job
-        for row, h in enumerate(histories):
-            hist[row, :len(h)] = h
-        lengths = np.array([len(h) for h in histories], dtype=np.int64)
-        batch = {B.USER: torch.zeros(len(histories), dtype=torch.int64),  # 0: a user the run does not know
-                 B.HIST: torch.from_numpy(hist), B.HIST_LEN: torch.from_numpy(lengths)}
+        batch = pad_histories(histories, self.max_len)  # user 0: a user the run does not know
         return self.model.encode_user(batch).numpy().astype(np.float32, copy=False)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -13,17 +12,15 @@ import torch
 import ray.train
 import ray.train.torch
 from ray_recall import batch as B
-from ray_recall.checkpoint import model_payload
 from ray_recall.config import PipelineConfig
-from ray_recall.data.negatives import NegativeSampler
-from ray_recall.data.preprocess import load_items, load_samples, load_schema, load_sequences
 from ray_recall.metrics import metrics_from_ranks
 from ray_recall.models import build_model
-from ray_recall.objectives import get_objective
+from ray_recall.negatives import NegativeSampler
+from ray_recall.objectives import listwise_loss, pairwise_loss, pointwise_loss
 from ray_recall.ranking import embed_all_items, rank_targets
-from ray_recall.storage import RunDir
-from ray_recall.train.batches import TrainBatchBuilder, chunk_size, split_batches
-from ray_recall.train.comm import exchange_allreduce_hook, use_exchange_allreduce
+from ray_recall.rundir import ModelFile, RunDir, read_checkpoint_dir, write_checkpoint_dir
+from ray_recall.stages.train.batches import TrainBatchBuilder, chunk_size, split_batches
+from ray_recall.stages.train.comm import setup_grad_sync
 
 
 def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
@@ -32,9 +29,11 @@ def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
         user, pos, neg = model(batch)
     user, pos, neg = user.float(), pos.float(), neg.float()  # the loss in fp32 either way
-    objective = get_objective(cfg.mode)
-    loss = objective(user, pos, neg, temperature=cfg.temperature, in_batch=cfg.in_batch_negatives,
-                     pos_ids=batch[B.POS], pos_logq=batch[B.POS_LOGQ] if cfg.in_batch_negatives else None)
+    if cfg.mode == "listwise":
+        loss = listwise_loss(user, pos, neg, temperature=cfg.temperature, in_batch=cfg.in_batch_negatives,
+                             pos_ids=batch[B.POS], pos_logq=batch[B.POS_LOGQ] if cfg.in_batch_negatives else None)
+    else:
+        loss = (pointwise_loss if cfg.mode == "pointwise" else pairwise_loss)(user, pos, neg, temperature=cfg.temperature)
     if cfg.embedding_l2 > 0:
         loss = loss + cfg.embedding_l2 * (user.pow(2).sum() + pos.pow(2).sum() + neg.pow(2).sum()) / len(user)
     return loss
@@ -43,10 +42,9 @@ def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
 def setup_training(cfg: PipelineConfig, run: RunDir):
     """What every trainer loads from a run: (schema, sequences, negative sampler, fresh model, Adam optimizer)."""
     tc = cfg.train
-    schema = load_schema(run, sampler=tc.sampler)
-    seqs = load_sequences(run, schema.num_users)
-    counts = np.concatenate([[0], load_items(run)["count"].to_numpy()])
-    sampler = NegativeSampler(counts, tc.sampler, seqs.train_positive_keys(schema.num_items))
+    schema = run.read_schema()
+    seqs = run.read_sequences(schema.num_users)
+    sampler = NegativeSampler(run.read_item_counts(), tc.sampler, seqs.train_positive_keys(schema.num_items))
     model = build_model(cfg.model.name, schema, cfg.model.embedding_dim, cfg.model.params)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     return schema, seqs, sampler, model, optimizer
@@ -73,12 +71,12 @@ def validate(model, seqs, val: dict[str, np.ndarray], max_len: int, k: int) -> d
 def _announce(run: RunDir, rank: int) -> None:
     """Record where this worker runs (<run>/train_workers/rank-<r>.json): for operators, and for failure tests."""
     ctx = ray.get_runtime_context()
-    run.write_json({"rank": rank, "pid": os.getpid(), "node_id": ctx.get_node_id(), "started": time.time()},
-                   "train_workers", f"rank-{rank}.json")
+    run.write_worker_info(rank, {"rank": rank, "pid": os.getpid(), "node_id": ctx.get_node_id(), "started": time.time()})
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    cfg = PipelineConfig.from_dict(loop_config["cfg"])
+    """Ray Train's per-worker function. loop_config: {"cfg": PipelineConfig, "run_uri": str, "resume_from": path | None}."""
+    cfg: PipelineConfig = loop_config["cfg"]
     run = RunDir(loop_config["run_uri"])
     tc = cfg.train
     ctx = ray.train.get_context()
@@ -96,21 +94,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
         ckpt = ray.train.Checkpoint(loop_config["resume_from"], filesystem=run.fs)
     if ckpt:
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, "model.pt"), map_location="cpu", weights_only=False)
-        model.load_state_dict(state["state_dict"])
+            state = read_checkpoint_dir(d)
+        model.load_state_dict(state["model"].state_dict)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
     # DDP when world > 1 (moved to the GPU when use_gpu). No buffer broadcast before every forward: the
     # models' buffers (feature code tables, fixed routing logits) never change while training.
     model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
-    if use_exchange_allreduce(model):  # small gradients on CPU: latency-bound, see ray_recall/train/comm.py
-        model.register_comm_hook(None, exchange_allreduce_hook)
+    sync = setup_grad_sync(model, tc.grad_sync)  # small gradients on CPU are latency-bound: see comm.py
+    if rank == 0 and sync:
+        print(f"[train] {world} workers; {sync}", flush=True)
     device = ray.train.torch.get_device()
     core = getattr(model, "module", model)
 
     val = None
     if rank == 0:
-        val_df = load_samples(run, "val")
+        val_df = run.read_split("val")
         if len(val_df) > tc.val_max_users:
             val_df = val_df.sample(tc.val_max_users, random_state=tc.seed)
         val = {c: val_df[c].to_numpy() for c in ("user_idx", "pos", "target")}
@@ -148,11 +147,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                   f"({metrics['samples'] / metrics['epoch_seconds']:.0f} samples/s)"
                   + (" - early stop" if stop[0] else ""), flush=True)
             with tempfile.TemporaryDirectory() as d:
-                payload = model_payload(core, cfg.model.name, cfg.model.embedding_dim, cfg.model.params)
-                torch.save({**payload, "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
-                           os.path.join(d, "model.pt"))
-                with open(os.path.join(d, "history.json"), "w") as f:
-                    json.dump(history, f)
+                write_checkpoint_dir(d, model_file(core, cfg), optimizer.state_dict(), epoch, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -160,6 +155,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
             torch.distributed.broadcast(stop, src=0)
         if stop[0]:
             break
+
+
+def model_file(model: torch.nn.Module, cfg: PipelineConfig) -> ModelFile:
+    """What a checkpoint and model/model.pt store of a (possibly DDP-wrapped) model."""
+    model = getattr(model, "module", model)
+    return ModelFile(cfg.model.name, cfg.model.embedding_dim, dict(cfg.model.params),
+                     {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
 def _should_stop(history: list[dict], tc) -> bool:

@@ -7,8 +7,8 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ray_recall import batch as B
-from ray_recall.data.negatives import NegativeSampler
-from ray_recall.data.sequences import SequenceTable
+from ray_recall.batch import SequenceTable
+from ray_recall.negatives import NegativeSampler
 
 
 CHUNK_SAMPLES = 4096  # samples built at a time, rounded down to whole batches (at least one)
@@ -46,20 +46,11 @@ class TrainBatchBuilder(NumpyBatchCollateFn):
         rng = np.random.default_rng([self.seed, self.epoch, int(users[0]), int(pos[0]), len(users)])
         hist, hist_len = self.seqs.windows(users, pos, self.max_len)
         neg = self.sampler.sample(users, self.num_negatives, rng) if self.num_negatives else np.zeros((len(users), 0), np.int64)
-        logq = self.sampler.log_probs
         return {
             B.USER: torch.from_numpy(users),
             B.HIST: torch.from_numpy(hist),
             B.HIST_LEN: torch.from_numpy(hist_len),
             B.POS: torch.from_numpy(target),
             B.NEG: torch.from_numpy(neg),
-            B.POS_LOGQ: torch.from_numpy(logq[target].astype(np.float32)),
-            B.NEG_LOGQ: torch.from_numpy(logq[neg].astype(np.float32)),
+            B.POS_LOGQ: torch.from_numpy(self.sampler.log_probs[target].astype(np.float32)),
         }
-
-
-def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
-    """The user side of a batch: users [B] with history before pos [B]."""
-    users = np.asarray(users, dtype=np.int64)
-    hist, hist_len = seqs.windows(users, pos, max_len)
-    return {B.USER: torch.from_numpy(users), B.HIST: torch.from_numpy(hist), B.HIST_LEN: torch.from_numpy(hist_len)}

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
 
 import ray
 import ray.data
-import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ray_recall.checkpoint import save_payload
 from ray_recall.config import PipelineConfig
-from ray_recall.data.preprocess import load_meta
 from ray_recall.errors import DataError
-from ray_recall.storage import RunDir
-from ray_recall.train.loop import train_loop_per_worker
+from ray_recall.rundir import ModelFile, RunDir
+from ray_recall.stages.train.loop import train_loop_per_worker
+from ray_recall.stages.train.report import format_history, training_curves_png
 
 
 # Training splits up to this share of the cluster's object store are read into it once per fit (see _train_dataset).
@@ -46,29 +42,9 @@ def checkpoint_name(cfg: PipelineConfig) -> str:
     return f"train-{resumable.section_hash('data', 'model', 'train')}"
 
 
-def _checkpoint_dirs(run: RunDir, name: str) -> list[str]:
-    """checkpoint_<timestamp> directories under <run>/checkpoints/<name>, oldest first."""
-    import pyarrow.fs as pafs
-
-    if not run.exists("checkpoints", name):
-        return []
-    infos = run.fs.get_file_info(pafs.FileSelector(run.path("checkpoints", name)))
-    return sorted(i.path for i in infos if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
-                  and run.fs.get_file_info(f"{i.path}/history.json").type == pafs.FileType.File)
-
-
-def _checkpoints_by_epoch(run: RunDir, name: str) -> dict[int, str]:
-    """{epoch: checkpoint directory} of every complete checkpoint kept on storage."""
-    return {json.loads(run.read_bytes(*_rel(run, d), "history.json"))[-1]["epoch"]: d for d in _checkpoint_dirs(run, name)}
-
-
-def _rel(run: RunDir, path: str) -> list[str]:
-    return path[len(run.root.rstrip("/")) + 1:].split("/")
-
-
 def latest_checkpoint(run: RunDir, name: str) -> ray.train.Checkpoint | None:
     """The most recent complete checkpoint Ray Train wrote under <run>/checkpoints/<name>, if any."""
-    kept = _checkpoints_by_epoch(run, name)
+    kept = run.checkpoints_by_epoch(name)
     return ray.train.Checkpoint(kept[max(kept)], filesystem=run.fs) if kept else None
 
 
@@ -80,7 +56,7 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
     loop continues after the last completed epoch. Worker failures within a run are retried
     `train.max_failures` times, each time from the last checkpoint.
     """
-    meta = load_meta(run)  # fails clearly if the data stage has not run
+    meta = run.read_meta()  # fails clearly if the data stage has not run
     if meta["samples"]["train"] == 0:
         raise DataError(f"{run.uri}: no training samples (every kept user has fewer than 4 interactions: "
                         "one history item, one train target, validation and test)")
@@ -93,8 +69,8 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
     metric = tc.selection_metric
     name = checkpoint_name(cfg)
     start_from = latest_checkpoint(run, name) if resume else None
-    if not resume and run.exists("checkpoints", name):
-        run.fs.delete_dir(run.path("checkpoints", name))
+    if not resume:
+        run.clear_checkpoints(name)
     if resume and start_from is None:
         log(f"[train] nothing to resume in {run.uri_of('checkpoints', name)}; training from scratch")
     t0 = time.perf_counter()
@@ -103,13 +79,13 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
         train_loop_per_worker,
         # Ray Train V2 has no resume_from_checkpoint: the loop loads `resume_from` itself when Ray Train
         # hands it no checkpoint of its own (those come from worker restarts within this fit).
-        train_loop_config={"cfg": cfg.to_dict(), "run_uri": run.uri, "resume_from": start_from.path if start_from else None},
+        train_loop_config={"cfg": cfg, "run_uri": run.uri, "resume_from": start_from.path if start_from else None},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker},
                                      placement_strategy=tc.placement_strategy),
         run_config=RunConfig(
-            name=name, storage_path=run.uri_of("checkpoints"),
+            name=name, storage_path=run.checkpoints_uri(),
             checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=metric, checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),
@@ -129,12 +105,10 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
         raise result.error
     # Read the outcome back from storage (not from `result`), the same way a resumed run sees it.
     # Ray Train keeps the best few checkpoints by the selection metric; the newest holds the full history.
-    kept = _checkpoints_by_epoch(run, name)
-    history = json.loads(run.read_bytes(*_rel(run, kept[max(kept)]), "history.json"))
+    kept = run.checkpoints_by_epoch(name)
+    history = run.read_checkpoint_history(name, max(kept))
     best_metrics = max(history, key=lambda h: h[metric])
-    state = torch.load(io.BytesIO(run.read_bytes(*_rel(run, kept[best_metrics["epoch"]]), "model.pt")),
-                       map_location="cpu", weights_only=False)
-    payload = {k: state[k] for k in ("name", "embedding_dim", "params", "state_dict")}
+    best: ModelFile = run.read_checkpoint(name, best_metrics["epoch"])["model"]
     epoch_seconds = sum(h["epoch_seconds"] for h in history)
     summary = {
         "best_epoch": best_metrics["epoch"], "selection_metric": metric, metric: best_metrics[metric],
@@ -142,10 +116,7 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
         "fit_seconds": round(seconds, 2), "train_seconds": round(epoch_seconds, 2), "num_workers": tc.num_workers,
         "samples_per_second": round(sum(h["samples"] for h in history) / max(epoch_seconds, 1e-9), 1),
     }
-    with run.staged_dir("model") as tmp:
-        save_payload(payload, run, tmp, "model.pt")
-        run.write_json(summary, tmp, "training.json")
-        run.write_bytes(training_curves_png(history, metric), tmp, "training_curves.png")
+    run.write_model(best, summary, training_curves_png(history, metric))
     log(format_history(history, metric, summary["best_epoch"]))
     log(f"[train] best epoch {summary['best_epoch'] + 1}: {metric} {summary[metric]:.4f}; fit {seconds:.1f}s "
         f"(of which epochs {epoch_seconds:.1f}s, {summary['samples_per_second']:.0f} samples/s); "
@@ -162,7 +133,7 @@ def _train_dataset(run: RunDir, tc, num_samples: int) -> ray.data.Dataset:
     is read once, in order, so every epoch sees the same blocks as a streamed one; larger splits
     stream (nothing grows with the log but the object store, and only up to that bound).
     """
-    ds = ray.data.read_parquet(run.uri_of("data", "train")).randomize_block_order(seed=tc.seed)
+    ds = ray.data.read_parquet(run.split_uri("train")).randomize_block_order(seed=tc.seed)
     if num_samples * _SAMPLE_BYTES <= _CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0):
         ds.context.execution_options.preserve_order = True  # block order as streamed: reproducible fits
         ds = ds.materialize()
@@ -174,34 +145,3 @@ def _ordered():
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
     return options
-
-
-def format_history(history: list[dict], metric: str, best_epoch: int) -> str:
-    """The per-epoch table printed after training."""
-    lines = [f"{'epoch':>6} {'loss':>9} {metric:>16} {'seconds':>8}"]
-    for h in history:
-        mark = "  <- best" if h["epoch"] == best_epoch else ""
-        lines.append(f"{h['epoch'] + 1:>6} {h['loss']:>9.4f} {h[metric]:>16.4f} {h['epoch_seconds']:>8.1f}{mark}")
-    return "\n".join(lines)
-
-
-def training_curves_png(history: list[dict], metric: str) -> bytes:
-    """Loss and the validation metric per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] + 1 for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
-    a.plot(epochs, [h["loss"] for h in history], marker="o")
-    a.set(title="training loss", xlabel="epoch")
-    b.plot(epochs, [h[metric] for h in history], marker="o", color="tab:green")
-    b.set(title=metric, xlabel="epoch")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()

@@ -1,4 +1,4 @@
-"""Dense ids: original ids -> 1..n in sorted order of the original ids; 0 = padding / unknown."""
+"""Encoding the log and the attribute tables with the vocabularies: original ids -> dense ids, values -> codes."""
 
 from __future__ import annotations
 
@@ -6,22 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-
-def lookup(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Sorted vocabulary [n], values [B] -> dense ids [B] int64 (1..n; 0 where the value is not in the vocabulary)."""
-    if len(vocab) == 0:
-        return np.zeros(len(values), dtype=np.int64)
-    values = np.asarray(values)
-    if vocab.dtype.kind != values.dtype.kind and not (vocab.dtype.kind in "iu" and values.dtype.kind in "iu"):
-        # Mixed kinds (e.g. ints in the log, "10" in a request): compare as strings, in string order.
-        text = vocab.astype(str)
-        order = np.argsort(text, kind="stable")
-        dense = lookup(text[order], values.astype(str))
-        return np.where(dense > 0, order[np.maximum(dense - 1, 0)] + 1, 0).astype(np.int64)
-    idx = np.searchsorted(vocab, values)
-    idx_c = np.minimum(idx, len(vocab) - 1)
-    found = vocab[idx_c] == values
-    return np.where(found, idx_c + 1, 0).astype(np.int64)
+from ray_recall.vocab import lookup
 
 
 def encode_ids(batch: pa.Table, user_vocab: np.ndarray, item_vocab: np.ndarray) -> pa.Table:

@@ -11,16 +11,14 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.data
 import torch
 
 from ray_recall import batch as B
-from ray_recall.checkpoint import load_run_model
+from ray_recall.batch import user_batch
 from ray_recall.config import PipelineConfig
-from ray_recall.data.preprocess import load_meta, load_sequences
-from ray_recall.storage import RunDir
-from ray_recall.train.batches import user_batch
+from ray_recall.models import load_trained
+from ray_recall.rundir import RunDir
 
 
 def _vectors_table(key: str, ids: np.ndarray, vecs: np.ndarray) -> pa.Table:
@@ -35,9 +33,9 @@ class Embedder:
     def __init__(self, run_uri: str, side: str):
         torch.set_num_threads(1)  # several actors share the node's cores
         run = RunDir(run_uri)
-        self.model, schema = load_run_model(run)
+        self.model, schema = load_trained(run)
         self.side = side
-        self.seqs = load_sequences(run, schema.num_users) if side == "user" else None
+        self.seqs = run.read_sequences(schema.num_users) if side == "user" else None
         self.max_len = schema.max_len
 
     @torch.no_grad()
@@ -57,20 +55,20 @@ def _item_ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     t0 = time.perf_counter()
-    meta = load_meta(run)
+    meta = run.read_meta()
     compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
                    batch_size=4096, batch_format="numpy")
     items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
         Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
-    users = ray.data.read_parquet(run.uri_of("data", "sequences")).select_columns(["user_idx"]).map_batches(
+    users = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx"]).map_batches(
         Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
     with run.staged_dir("embeddings") as tmp:
-        items.write_parquet(run.uri_of(tmp, "items"))
-        users.write_parquet(run.uri_of(tmp, "users"))
-        model, _ = load_run_model(run)
+        items.write_parquet(run.embeddings_uri("items", at=tmp))
+        users.write_parquet(run.embeddings_uri("users", at=tmp))
+        model, _ = load_trained(run)
         info = {"dim": model.embedding_dim, "interests": _interests(model), "num_items": meta["num_items"],
                 "num_users": meta["num_sequence_users"], "seconds": round(time.perf_counter() - t0, 2)}
-        run.write_json(info, tmp, "meta.json")
+        run.write_embeddings_meta(info, at=tmp)
     log(f"[embed] {info['num_items']:,} items and {info['num_users']:,} users embedded (D={info['dim']}"
         f"{', K=' + str(info['interests']) if info['interests'] > 1 else ''}) in {info['seconds']:.1f}s")
     return info
@@ -78,17 +76,3 @@ def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
 
 def _interests(model) -> int:
     return int(getattr(model, "num_interests", 1)) if model.multi_interest else 1
-
-
-def read_embeddings(run: RunDir, side: str) -> tuple[np.ndarray, np.ndarray]:
-    """(dense ids [N], vectors [N, D] or [N, K, D]) of "items" or "users", sorted by id."""
-    info = run.read_json("embeddings", "meta.json")
-    tbl = pq.read_table(run.path("embeddings", side), filesystem=run.fs)
-    key = "item_idx" if side == "items" else "user_idx"
-    ids = tbl.column(key).to_numpy()
-    flat = tbl.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    vecs = flat.reshape(len(ids), -1)
-    if side == "users" and info["interests"] > 1:
-        vecs = vecs.reshape(len(ids), info["interests"], info["dim"])
-    order = np.argsort(ids)
-    return ids[order], vecs[order]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from ray_recall.batch import positions_within, train_part
 from ray_recall.errors import DataError
 
 # duplicates: rows repeating one of this user's (item, timestamp) pairs, dropped from `items`.
@@ -95,17 +96,6 @@ def _describe_row(user: int, item: int, ts: float, user_vocab, item_vocab) -> st
     return f"user {raw(user_vocab, user)}, item {raw(item_vocab, item)}, timestamp {ts_text}"
 
 
-def _within(counts: np.ndarray) -> np.ndarray:
-    """[n] run lengths -> 0, 1, .., c-1 for each run c, concatenated."""
-    return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-
-
-def _train_part(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR offsets [n+1] of n sequences -> (row, index into the flat items) of every train-part item, s[:len-2]."""
-    keep = np.maximum(np.diff(offsets) - 2, 0)
-    return np.repeat(np.arange(len(keep)), keep), np.repeat(offsets[:-1], keep) + _within(keep)
-
-
 def split_samples(batch: pa.Table, split: str) -> pa.Table:
     """Sequences (SEQ_SCHEMA) -> samples (user_idx, pos, target) of one split: 'train', 'val' or 'test'."""
     users = batch.column("user_idx").to_numpy()
@@ -120,7 +110,7 @@ def split_samples(batch: pa.Table, split: str) -> pa.Table:
         raise ValueError(f"split must be train, val or test, got {split!r}")
     counts = np.maximum(lengths - 3, 0)  # positions 1..n-3
     rows = np.repeat(np.arange(len(users)), counts)
-    pos = _within(counts) + 1
+    pos = positions_within(counts) + 1
     return pa.table({"user_idx": pa.array(users[rows], pa.int64()), "pos": pa.array(pos.astype(np.int32)),
                      "target": pa.array(flat[offsets[rows] + pos].astype(np.int32))}, schema=SAMPLE_SCHEMA)
 
@@ -128,58 +118,5 @@ def split_samples(batch: pa.Table, split: str) -> pa.Table:
 def train_part_item_counts(items: pa.Array | pa.ChunkedArray, size: int) -> np.ndarray:
     """A column of sequences (list<int32>) -> [size] interaction counts per item in their train parts, s[:n-2]."""
     col = items.combine_chunks() if isinstance(items, pa.ChunkedArray) else items
-    _, idx = _train_part(col.offsets.to_numpy())
+    _, idx = train_part(col.offsets.to_numpy())
     return np.bincount(col.values.to_numpy()[idx], minlength=size)
-
-
-class SequenceTable:
-    """All users' sequences as CSR arrays (linear in the log), for cutting history windows at batch time."""
-
-    def __init__(self, offsets: np.ndarray, items: np.ndarray):
-        self.offsets = offsets  # [num_users + 2] int64; user u's items are items[offsets[u]:offsets[u+1]]
-        self.items = items  # [num_interactions] int32
-
-    @classmethod
-    def from_arrow(cls, table: pa.Table, num_users: int) -> "SequenceTable":
-        users = table.column("user_idx").to_numpy()
-        lengths = np.zeros(num_users + 1, dtype=np.int64)
-        lengths[users] = table.column("length").to_numpy()
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        items = np.zeros(offsets[-1], dtype=np.int32)
-        flat = table.column("items").combine_chunks().flatten().to_numpy()
-        row_len = table.column("length").to_numpy().astype(np.int64)
-        src = np.repeat(offsets[users] - (np.cumsum(row_len) - row_len), row_len) + np.arange(row_len.sum())
-        items[src] = flat
-        return cls(offsets, items)
-
-    def length(self, users: np.ndarray) -> np.ndarray:
-        return self.offsets[users + 1] - self.offsets[users]
-
-    def sequence(self, user: int) -> np.ndarray:
-        return self.items[self.offsets[user]:self.offsets[user + 1]]
-
-    def windows(self, users: np.ndarray, pos: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """History before each position: the last `max_len` items, oldest first, right-padded with 0.
-
-        users, pos [B] -> hist [B, max_len] int64, hist_len [B] int64.
-        """
-        pos = np.asarray(pos, dtype=np.int64)
-        start = np.maximum(pos - max_len, 0)
-        hist_len = pos - start
-        idx = self.offsets[users][:, None] + start[:, None] + np.arange(max_len)[None, :]
-        real = np.arange(max_len)[None, :] < hist_len[:, None]
-        hist = np.where(real, self.items[np.minimum(idx, len(self.items) - 1)], 0).astype(np.int64)
-        return hist, hist_len
-
-    def seen_before(self, users: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row, item) pairs of every item each user interacted with before `pos`, for masking seen items."""
-        pos = np.asarray(pos, dtype=np.int64)
-        rows = np.repeat(np.arange(len(users)), pos)
-        return rows, self.items[self.offsets[users][rows] + _within(pos)].astype(np.int64)
-
-    def train_positive_keys(self, num_items: int) -> np.ndarray:
-        """Sorted keys user * (num_items + 1) + item of every train-part interaction (s[:n-2])."""
-        users, idx = _train_part(self.offsets)
-        keys = np.sort(users.astype(np.int64) * (num_items + 1) + self.items[idx])
-        # Not np.unique: for int64 on numpy 2.4 it took 10 s for 10M keys where a sort takes 0.1 s.
-        return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys

@@ -15,10 +15,9 @@ import torch
 
 from ray_recall import batch as B
 from ray_recall.config import PipelineConfig
-from ray_recall.data.preprocess import load_samples
-from ray_recall.storage import RunDir
-from ray_recall.train.batches import TrainBatchBuilder, chunk_size, split_batches
-from ray_recall.train.loop import optimizer_step, setup_training
+from ray_recall.rundir import RunDir
+from ray_recall.stages.train.batches import TrainBatchBuilder, chunk_size, split_batches
+from ray_recall.stages.train.loop import optimizer_step, setup_training
 
 
 def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, log=None) -> torch.nn.Module:
@@ -35,7 +34,7 @@ def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, 
 
     schema, seqs, sampler, model, optimizer = setup_training(cfg, run)
 
-    train = load_samples(run, "train")
+    train = run.read_split("train")
     samples = {c: train[c].to_numpy() for c in ("user_idx", "pos", "target")}
     n = len(train)
     for epoch in range(tc.epochs if epochs is None else epochs):

@@ -22,7 +22,6 @@ class DataSchema:
     user_features: dict[str, np.ndarray] = field(default_factory=dict)
     item_features: dict[str, np.ndarray] = field(default_factory=dict)
     cardinality: dict[str, int] = field(default_factory=dict)  # feature name -> largest code
-    item_log_prob: np.ndarray | None = None  # [num_items + 1] log prob. of each item under the training sampler
 
     def feature_vocab_size(self, name: str) -> int:
         return int(self.cardinality[name]) + 1

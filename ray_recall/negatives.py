@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from ray_recall.config import SAMPLER_ALIASES, SAMPLERS
+from ray_recall.config import resolve_sampler
 
 
 def sampling_weights(counts: np.ndarray, method) -> np.ndarray:
     """counts [num_items + 1] (index 0 = padding) -> unnormalized weights, 0 at index 0."""
-    method = SAMPLER_ALIASES.get(method, method) if isinstance(method, int) else method
+    method = resolve_sampler(method)
     c = np.asarray(counts, dtype=np.float64)
     if method == "uniform":
         w = np.ones_like(c)
     elif method == "word2vec":
         w = c ** 0.75
-    elif method == "log_popularity":
+    else:  # log_popularity
         w = np.log1p(c)
-    else:
-        raise ValueError(f"unknown sampler {method!r}; choose one of {list(SAMPLERS)} or 0/1/2")
     w[0] = 0.0
     if w.sum() <= 0:
         raise ValueError("sampling weights are all zero: no item has a training interaction")

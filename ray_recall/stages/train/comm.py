@@ -6,10 +6,16 @@ machine (benchmarks/train.md), gloo's all-reduce of 27k floats between two proce
 0.6-1.3 ms; sending each other the buffer and adding takes 0.1-0.2 ms. With W = 2^k workers,
 recursive doubling does that k times (partner = rank XOR 2^i) and leaves every rank with the same
 bits: each step adds the same two partial sums, in either order, and float addition commutes.
+
+Which one a run uses is `train.grad_sync`: "allreduce" (DDP's own), "exchange" (this hook; a
+config error where it cannot apply), or "auto" (the hook where it applies, DDP's all-reduce
+elsewhere). The training log names the choice and why.
 """
 
 import torch
 import torch.distributed as dist
+
+from ray_recall.errors import ConfigError
 
 # Above this many gradient bytes, DDP splits gradients into several buckets and overlaps their
 # all-reduce with the rest of backward; a blocking exchange would undo that, so keep DDP's default.
@@ -40,10 +46,30 @@ def exchange_allreduce_hook(process_group, bucket) -> torch.futures.Future[torch
     return done
 
 
-def use_exchange_allreduce(model: torch.nn.Module) -> bool:
-    """Whether `exchange_allreduce_hook` suits this DDP run: gloo, 2^k ranks, gradients in one bucket."""
-    if not dist.is_initialized() or dist.get_backend() != "gloo":
-        return False
+def exchange_unsuitable(model: torch.nn.Module) -> str | None:
+    """Why `exchange_allreduce_hook` does not suit this DDP run (None if it does: gloo, 2^k ranks, one bucket)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return "a single worker"
+    if dist.get_backend() != "gloo":
+        return f"the {dist.get_backend()} backend"
     world = dist.get_world_size()
+    if world & (world - 1):
+        return f"{world} workers, not a power of two"
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return world > 1 and world & (world - 1) == 0 and grad_bytes <= SMALL_GRADIENT_BYTES
+    if grad_bytes > SMALL_GRADIENT_BYTES:
+        return f"{grad_bytes / 2**20:.1f} MiB of gradients, more than one DDP bucket"
+    return None
+
+
+def setup_grad_sync(ddp_model: torch.nn.Module, grad_sync: str) -> str:
+    """Apply `train.grad_sync` to a DDP-wrapped model; returns a line saying how gradients are averaged."""
+    if grad_sync == "allreduce" or not dist.is_initialized() or dist.get_world_size() == 1:
+        return "gradients averaged by DDP's all-reduce" if dist.is_initialized() and dist.get_world_size() > 1 else ""
+    reason = exchange_unsuitable(ddp_model)
+    if reason is None:
+        ddp_model.register_comm_hook(None, exchange_allreduce_hook)
+        size = sum(p.numel() * p.element_size() for p in ddp_model.parameters() if p.requires_grad)
+        return f"gradients ({size / 1024:.0f} KiB) averaged by pairwise exchange (train.grad_sync={grad_sync})"
+    if grad_sync == "exchange":
+        raise ConfigError(f"train.grad_sync='exchange' cannot apply to this run ({reason}); use 'allreduce' or 'auto'")
+    return f"gradients averaged by DDP's all-reduce (train.grad_sync=auto: {reason})"

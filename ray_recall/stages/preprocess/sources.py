@@ -208,7 +208,7 @@ def _table_format(path: str, fmt: str) -> str:
     return "csv" if lower.endswith((".csv", ".csv.gz", ".tsv")) else "parquet"
 
 
-def _read_table_ds(path: str, fmt: str) -> ray.data.Dataset:
+def read_table_dataset(path: str, fmt: str) -> ray.data.Dataset:
     fmt = _table_format(path, fmt)
     try:
         if fmt == "csv":
@@ -222,14 +222,14 @@ def _read_table_ds(path: str, fmt: str) -> ray.data.Dataset:
 
 
 def _read_attribute_table(path: str, fmt: str, key: str) -> pd.DataFrame:
-    df = _read_table_ds(path, fmt).to_pandas()
+    df = read_table_dataset(path, fmt).to_pandas()
     if key not in df.columns:
         raise DataError(f"{path}: missing column {key!r}; found columns {list(df.columns)}")
     return df.drop_duplicates(key, keep="last")
 
 
 def _table(cfg: DataConfig) -> RawData:
-    ds = _read_table_ds(cfg.path, cfg.format)
+    ds = read_table_dataset(cfg.path, cfg.format)
     try:
         schema = ds.schema()
     except Exception as e:  # an empty or unreadable file surfaces on first read
@@ -279,7 +279,7 @@ def _attributes_from_log(ds: ray.data.Dataset, key: str, cols: list[str], base: 
 
 
 def _synthetic(cfg: DataConfig) -> RawData:
-    from ray_recall.data.synthetic import generate
+    from ray_recall.stages.preprocess.synthetic import generate
 
     tables = generate(cfg.synthetic)
     log = tables["interactions"]
@@ -291,6 +291,25 @@ def _synthetic(cfg: DataConfig) -> RawData:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[-1] if text else type(e).__name__
+
+
+def declared_features(cfg: DataConfig) -> tuple[dict[str, bool], dict[str, bool]] | None:
+    """The user and item feature names the source will give ({name: multi-valued}), without reading the log.
+
+    None where that cannot be told without reading (a MovieLens directory that is not there yet).
+    """
+    if cfg.source == "synthetic":
+        return {"taste": False}, {"category": False}
+    if cfg.source == "movielens":
+        root = cfg.path
+        if root is not None and not os.path.exists(os.path.join(root, "u.data")) \
+                and not os.path.exists(os.path.join(root, "ratings.dat")):
+            if os.path.exists(os.path.join(root, "ratings.csv")):
+                return {}, {"genre": True, "year": False}
+            return None
+        return {c: False for c in ("age", "gender", "occupation")}, {"genre": True, "year": False}
+    multi = set(cfg.multi_value_cols)
+    return {c: c in multi for c in cfg.user_feature_cols}, {c: c in multi for c in cfg.item_feature_cols}
 
 
 def load_source(cfg: DataConfig) -> RawData:

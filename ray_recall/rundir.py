@@ -1,0 +1,397 @@
+"""The run directory: the only coupling between stages, and the one module that knows its layout.
+
+Each stage writes its outputs here and reads what earlier stages wrote, through the typed readers and
+writers below; no stage imports another. Layout (every directory written whole, atomically: see
+`Storage.staged_dir`):
+
+    config.yaml                       the PipelineConfig of the last run
+    manifest.json                     which stages finished, with the config hash they ran with
+    data/                             preprocess
+      meta.json                         sizes, feature vocabularies, statistics
+      users.parquet                     user_idx, raw_id, f_<feature> codes          (the user vocabulary)
+      items.parquet                     item_idx, raw_id, count, title, f_<feature>  (the item vocabulary)
+      sequences/part-NNNNN.parquet      user_idx, items (time-ordered list), length, duplicates; users of
+                                        hash partition N (`user_partition`), sorted by user
+      {train,val,test}/part-NNNNN.parquet  user_idx, pos, target: the samples of partition N's users, in
+                                        their order (history = items[:pos], cut at batch time)
+    train_workers/rank-R.json         where each training worker runs (pid, node)
+    checkpoints/<name>/checkpoint_*/  Ray Train's checkpoints: model.pt (ModelFile + optimizer, epoch,
+                                      history), history.json
+    model/                            train: model.pt (ModelFile), training.json, training_curves.png
+    embeddings/                       embed: items/ (item_idx, embedding), users/ (user_idx, embedding), meta.json
+    index/                            index: items.faiss, item_ids.npy, meta.json
+    metrics.json, metrics_val.json    evaluate
+
+Model files hold only tensors and plain values and are loaded with `torch.load(weights_only=True)`: a
+file that would need to unpickle anything else is refused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+import yaml
+
+from ray_recall.batch import SequenceTable
+from ray_recall.config import PipelineConfig
+from ray_recall.errors import ConfigError, DataError
+from ray_recall.schema import DataSchema
+from ray_recall.storage import Storage
+from ray_recall.vocab import Vocabulary
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+STAGES = ("preprocess", "train", "embed", "index", "evaluate")
+# The file whose presence says a stage's outputs are complete (each is written last, or in one staged directory).
+STAGE_OUTPUTS = {"preprocess": ("data", "meta.json"), "train": ("model", "model.pt"),
+                 "embed": ("embeddings", "meta.json"), "index": ("index", "meta.json"), "evaluate": ("metrics.json",)}
+# Config sections each stage's output depends on (cumulative along the pipeline).
+STAGE_SECTIONS = {
+    "preprocess": ("data",),
+    "train": ("data", "model", "train"),
+    "embed": ("data", "model", "train"),
+    "index": ("data", "model", "train", "index"),
+    "evaluate": ("data", "model", "train", "eval"),
+}
+
+
+def partition_file(part: int) -> str:
+    return f"part-{part:05d}.parquet"
+
+
+def user_partition(users: np.ndarray, num_partitions: int) -> np.ndarray:
+    """Dense user ids [n] -> the hash partition of each, in 0..num_partitions-1 (splitmix64 of the id).
+
+    The project's own hash, so that the data stage lays out its files the same way on any path and
+    any Ray version: partition N's users are in data/sequences/part-N and data/<split>/part-N.
+    """
+    x = np.asarray(users, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x % np.uint64(num_partitions)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A trained model as stored: enough to rebuild it (`ray_recall.models.build_from_file`) without the code that trained it."""
+
+    name: str  # registry name
+    embedding_dim: int
+    params: dict  # the constructor's keyword arguments
+    state_dict: dict  # parameter and buffer tensors
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "embedding_dim": self.embedding_dim, "params": dict(self.params),
+                "state_dict": self.state_dict}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str) -> "ModelFile":
+        missing = [k for k in ("name", "embedding_dim", "params", "state_dict") if k not in d]
+        if missing:
+            raise DataError(f"{source}: not a model file (no {missing[0]!r})")
+        return cls(d["name"], int(d["embedding_dim"]), dict(d["params"]), d["state_dict"])
+
+
+@dataclass(frozen=True)
+class IndexFiles:
+    """A serialized FAISS index, the item id of each of its rows, and its factory string and metric."""
+
+    data: bytes
+    ids: np.ndarray
+    factory: str
+    metric: str
+
+
+def tensor_bytes(obj: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load_tensors(data: bytes, source: str) -> dict:
+    """torch.load with weights_only=True: tensors and plain Python values only; anything else is refused."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # an UnpicklingError for a disallowed global, or a corrupt file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{source}: refused to load: it is not a plain tensor file ({first})") from None
+
+
+class RunDir(Storage):
+    """Typed readers and writers of every artifact in a run directory (see the module docstring for the layout)."""
+
+    # ---- config and manifest -----------------------------------------------------------------
+    def write_config(self, cfg: PipelineConfig) -> None:
+        self.write_bytes(cfg.to_yaml().encode(), "config.yaml")
+
+    def read_config(self) -> PipelineConfig | None:
+        """The config.yaml written by the last run (its run_dir set to this directory), or None."""
+        if not self.exists("config.yaml"):
+            return None
+        raw = yaml.safe_load(self.read_bytes("config.yaml").decode()) or {}
+        raw["run_dir"] = self.uri
+        try:
+            return PipelineConfig.from_dict(raw)
+        except ConfigError as e:
+            raise ConfigError(f"{self.uri_of('config.yaml')}: {e}") from None
+
+    def manifest(self) -> dict:
+        return self.read_json(MANIFEST) if self.exists(MANIFEST) else {"stages": {}}
+
+    def stage_done(self, stage: str, cfg: PipelineConfig) -> bool:
+        """Whether `stage` finished with the config sections it depends on as in `cfg`, and its outputs exist."""
+        info = self.manifest()["stages"].get(stage)
+        return bool(info) and info.get("config_hash") == stage_hash(cfg, stage) and self.exists(*STAGE_OUTPUTS[stage])
+
+    def record_stage(self, stage: str, cfg: PipelineConfig, **info) -> None:
+        manifest = self.manifest()
+        manifest["stages"][stage] = {"config_hash": stage_hash(cfg, stage),
+                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        self.write_json(manifest, MANIFEST)
+
+    def stage_summary(self, stage: str) -> dict:
+        return self.manifest()["stages"].get(stage, {}).get("summary", {})
+
+    # ---- data: meta, vocabularies, schema ---------------------------------------------------
+    def read_meta(self) -> dict:
+        if not self.exists("data", "meta.json"):
+            raise DataError(f"{self.uri}: no preprocessed data (data/meta.json); run the preprocess stage first")
+        return self.read_json("data", "meta.json")
+
+    def write_meta(self, meta: dict, at: str = "data") -> None:
+        self.write_json(meta, at, "meta.json")
+
+    def write_vocabularies(self, users: pa.Table, items: pa.Table, at: str = "data") -> None:
+        """users: user_idx, raw_id, f_<feature>...; items: item_idx, raw_id, count, title, f_<feature>..."""
+        self.write_parquet(users, at, "users.parquet")
+        self.write_parquet(items, at, "items.parquet")
+
+    def read_user_vocab(self) -> Vocabulary:
+        return Vocabulary(self.read_parquet("data", "users.parquet", columns=["raw_id"]).column("raw_id")
+                          .to_numpy(zero_copy_only=False), "user")
+
+    def read_items(self) -> pd.DataFrame:
+        """One row per item in dense order: item_idx, raw_id, count (train-part interactions), title."""
+        return self.read_parquet("data", "items.parquet", columns=["item_idx", "raw_id", "count", "title"]).to_pandas()
+
+    def read_item_vocab(self) -> Vocabulary:
+        return Vocabulary(self.read_parquet("data", "items.parquet", columns=["raw_id"]).column("raw_id")
+                          .to_numpy(zero_copy_only=False), "item")
+
+    def read_item_counts(self) -> np.ndarray:
+        """[num_items + 1] train-part interactions per dense item; 0 at the padding index 0."""
+        counts = self.read_parquet("data", "items.parquet", columns=["count"]).column("count").to_numpy()
+        return np.concatenate([[0], counts]).astype(np.int64)
+
+    def read_schema(self) -> DataSchema:
+        """Sizes and per-id feature tables: what a model is built from."""
+        meta = self.read_meta()
+        schema = DataSchema(num_users=meta["num_users"], num_items=meta["num_items"], max_len=meta["max_len"])
+        for side, fname, feats, target in (("user", "users.parquet", meta["user_features"], schema.user_features),
+                                           ("item", "items.parquet", meta["item_features"], schema.item_features)):
+            if not feats:
+                continue
+            tbl = self.read_parquet("data", fname, columns=[f"f_{name}" for name in feats])
+            for name, info in feats.items():
+                col = tbl.column(f"f_{name}")
+                if info["multi"]:
+                    rows = np.array(col.to_pylist(), dtype=np.int64)
+                    arr = np.zeros((len(rows) + 1, rows.shape[1]), dtype=np.int64)
+                else:
+                    rows = col.to_numpy()
+                    arr = np.zeros(len(rows) + 1, dtype=np.int64)
+                arr[1:] = rows
+                target[name] = arr
+                schema.cardinality[name] = len(info["values"])
+        return schema
+
+    # ---- data: sequences and splits ---------------------------------------------------------
+    def sequences_uri(self) -> str:
+        return self.uri_of("data", "sequences")
+
+    def write_partition(self, part: int, sequences: pa.Table, splits: dict[str, pa.Table], at: str = "data") -> None:
+        """One hash partition's users: their sequences and their samples of every split."""
+        self.write_parquet(sequences, at, "sequences", partition_file(part))
+        for name, table in splits.items():
+            self.write_parquet(table, at, name, partition_file(part))
+
+    def read_sequences(self, num_users: int | None = None) -> SequenceTable:
+        """Every user's sequence (CSR arrays, dense user ids 0..num_users)."""
+        if num_users is None:
+            num_users = self.read_meta()["num_users"]
+        return SequenceTable.from_arrow(self.read_parquet("data", "sequences", columns=["user_idx", "items", "length"]),
+                                        num_users)
+
+    def split_uri(self, split: str) -> str:
+        _check_split(split)
+        return self.uri_of("data", split)
+
+    def read_split(self, split: str) -> pd.DataFrame:
+        """user_idx, pos, target of every sample of `split`, in file order."""
+        _check_split(split)
+        return self.read_parquet("data", split).to_pandas()
+
+    # ---- training -----------------------------------------------------------------------------
+    def write_worker_info(self, rank: int, info: dict) -> None:
+        self.write_json(info, "train_workers", f"rank-{rank}.json")
+
+    def read_worker_infos(self) -> dict[int, dict]:
+        if not self.exists("train_workers"):
+            return {}
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path("train_workers")))
+        out = {}
+        for i in infos:
+            if i.base_name.startswith("rank-") and i.base_name.endswith(".json"):
+                out[int(i.base_name[5:-5])] = self.read_json("train_workers", i.base_name)
+        return out
+
+    def checkpoints_uri(self) -> str:
+        return self.uri_of("checkpoints")
+
+    def checkpoints_by_epoch(self, name: str) -> dict[int, str]:
+        """{epoch: checkpoint directory (a path on self.fs)} of every complete checkpoint under checkpoints/<name>."""
+        out = {}
+        for d in self.subdirs("checkpoints", name):
+            if d.startswith("checkpoint_") and self.exists("checkpoints", name, d, "history.json"):
+                history = json.loads(self.read_bytes("checkpoints", name, d, "history.json"))
+                out[history[-1]["epoch"]] = self.path("checkpoints", name, d)
+        return out
+
+    def clear_checkpoints(self, name: str) -> None:
+        self.delete_dir("checkpoints", name)
+
+    def read_checkpoint(self, name: str, epoch: int) -> dict:
+        """The state saved at `epoch`: ModelFile fields, optimizer, epoch, history."""
+        d = self.checkpoints_by_epoch(name)[epoch]
+        rel = d[len(self.root.rstrip("/")) + 1:].split("/")
+        return read_checkpoint_dir_bytes(self.read_bytes(*rel, "model.pt"), self.uri_of(*rel, "model.pt"))
+
+    def read_checkpoint_history(self, name: str, epoch: int) -> list[dict]:
+        d = self.checkpoints_by_epoch(name)[epoch]
+        rel = d[len(self.root.rstrip("/")) + 1:].split("/")
+        return json.loads(self.read_bytes(*rel, "history.json"))
+
+    def write_model(self, model: ModelFile, summary: dict, curves_png: bytes) -> None:
+        with self.staged_dir("model") as tmp:
+            self.write_bytes(tensor_bytes(model.to_dict()), tmp, "model.pt")
+            self.write_json(summary, tmp, "training.json")
+            self.write_bytes(curves_png, tmp, "training_curves.png")
+
+    def read_model(self) -> ModelFile:
+        if not self.exists("model", "model.pt"):
+            raise DataError(f"{self.uri}: no trained model (model/model.pt); run the train stage first")
+        source = self.uri_of("model", "model.pt")
+        return ModelFile.from_dict(load_tensors(self.read_bytes("model", "model.pt"), source), source)
+
+    def read_training(self) -> dict:
+        return self.read_json("model", "training.json")
+
+    # ---- embeddings ---------------------------------------------------------------------------
+    def embeddings_uri(self, side: str, at: str = "embeddings") -> str:
+        return self.uri_of(at, _check_side(side))
+
+    def write_embeddings_meta(self, info: dict, at: str = "embeddings") -> None:
+        self.write_json(info, at, "meta.json")
+
+    def read_embeddings_meta(self) -> dict:
+        if not self.exists("embeddings", "meta.json"):
+            raise DataError(f"{self.uri}: no embeddings (embeddings/meta.json); run the embed stage first")
+        return self.read_json("embeddings", "meta.json")
+
+    def read_embeddings(self, side: str) -> tuple[np.ndarray, np.ndarray]:
+        """(dense ids [N], vectors [N, D], or [N, K, D] for multi-interest users) of "items" or "users", sorted by id."""
+        info = self.read_embeddings_meta()
+        key = "item_idx" if _check_side(side) == "items" else "user_idx"
+        tbl = self.read_parquet("embeddings", side)
+        ids = tbl.column(key).to_numpy()
+        flat = tbl.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        vecs = flat.reshape(len(ids), -1)
+        if side == "users" and info["interests"] > 1:
+            vecs = vecs.reshape(len(ids), info["interests"], info["dim"])
+        order = np.argsort(ids)
+        return ids[order], vecs[order]
+
+    # ---- index --------------------------------------------------------------------------------
+    def write_index(self, files: IndexFiles, **info) -> None:
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(files.ids), allow_pickle=False)
+        with self.staged_dir("index") as tmp:
+            self.write_bytes(files.data, tmp, "items.faiss")
+            self.write_bytes(buf.getvalue(), tmp, "item_ids.npy")
+            self.write_json({"factory": files.factory, "metric": files.metric, "ntotal": len(files.ids), **info},
+                            tmp, "meta.json")
+
+    def read_index(self) -> IndexFiles:
+        if not self.exists("index", "meta.json"):
+            raise DataError(f"{self.uri}: no index (index/meta.json); run the index stage first")
+        meta = self.read_json("index", "meta.json")
+        ids = np.load(io.BytesIO(self.read_bytes("index", "item_ids.npy")), allow_pickle=False)
+        return IndexFiles(self.read_bytes("index", "items.faiss"), ids, meta["factory"], meta["metric"])
+
+    # ---- metrics ------------------------------------------------------------------------------
+    def write_metrics(self, out: dict, split: str = "test") -> None:
+        self.write_json(out, _metrics_file(split))
+
+    def read_metrics(self, split: str = "test") -> dict:
+        if not self.exists(_metrics_file(split)):
+            raise DataError(f"{self.uri}: no {_metrics_file(split)}; run the evaluate stage first")
+        return self.read_json(_metrics_file(split))
+
+
+def stage_hash(cfg: PipelineConfig, stage: str) -> str:
+    return cfg.section_hash(*STAGE_SECTIONS[stage])
+
+
+def checkpoint_state_bytes(model: ModelFile, optimizer: dict, epoch: int, history: list[dict]) -> bytes:
+    return tensor_bytes({**model.to_dict(), "optimizer": optimizer, "epoch": epoch, "history": history})
+
+
+def write_checkpoint_dir(local_dir: str, model: ModelFile, optimizer: dict, epoch: int, history: list[dict]) -> None:
+    """The files of one training checkpoint, in a local directory that Ray Train then persists."""
+    with open(os.path.join(local_dir, "model.pt"), "wb") as f:
+        f.write(checkpoint_state_bytes(model, optimizer, epoch, history))
+    with open(os.path.join(local_dir, "history.json"), "w") as f:
+        json.dump(history, f)
+
+
+def read_checkpoint_dir(local_dir: str) -> dict:
+    path = os.path.join(local_dir, "model.pt")
+    with open(path, "rb") as f:
+        return read_checkpoint_dir_bytes(f.read(), path)
+
+
+def read_checkpoint_dir_bytes(data: bytes, source: str) -> dict:
+    state = load_tensors(data, source)
+    missing = [k for k in ("optimizer", "epoch", "history") if k not in state]
+    if missing:
+        raise DataError(f"{source}: not a training checkpoint (no {missing[0]!r})")
+    state["model"] = ModelFile.from_dict(state, source)
+    return state
+
+
+def _metrics_file(split: str) -> str:
+    _check_split(split)
+    return "metrics.json" if split == "test" else f"metrics_{split}.json"
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    return split
+
+
+def _check_side(side: str) -> str:
+    if side not in ("items", "users"):
+        raise ValueError(f"side must be 'items' or 'users', got {side!r}")
+    return side
