@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 
 from ray_recall.index import VectorIndex
+from report import write_report
 
 K = 10
 
@@ -219,13 +220,7 @@ def main() -> None:
     lines += ["", "`index MB`: the index as written to the run (`index/items.faiss`). `RSS +MB at build`: how much "
                   "the process grew while building it (the training sample and FAISS buffers included; "
                   "memory freed by an earlier index may be reused, so read it as a lower bound)."]
-    if args.quick:
-        lines += ["", f"**Smoke run** (`--quick`): {args.items:,} items; the figures only show that the "
-                      "benchmark works."]
-    lines.append("")
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines, smoke=f"{args.items:,} items" if args.quick else None)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from tests.ray_head import start_head, stop_head  # noqa: E402  the test suite's private-head helper
+from report import write_report
 
 STAGE_JOBS = (("preprocess", "jobs/preprocess.py"), ("train", "jobs/train.py"), ("embed", "jobs/embed.py"),
               ("index", "jobs/build_index.py"), ("evaluate", "jobs/evaluate.py"))
@@ -119,8 +120,7 @@ def main() -> None:
         lines += [f"Validation {a['metric']} per epoch (in-process / submitted): "
                   + ", ".join(f"{x:.4f} / {y:.4f}" for x, y in zip(a["val"], b["val"]))
                   + f"; best epoch {a['best_epoch']} / {b['best_epoch']}.", ""]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

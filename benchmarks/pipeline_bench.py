@@ -14,6 +14,7 @@ import os
 import platform
 import tempfile
 import time
+from report import write_report
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -70,9 +71,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{vals[f'{m}@{k}']:.4f}" for k in ks for m in ("recall", "ndcg", "mrr")) + " |")
     lines += ["", "Validation Recall@10 per epoch: " + ", ".join(f"{h['val_recall@10']:.4f}" for h in tr["history"])
               + f" (best epoch {tr['best_epoch'] + 1} is kept).", ""]
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

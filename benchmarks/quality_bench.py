@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from report import write_report
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -237,8 +238,7 @@ def write_report(path: str, results: list[dict], args, command: str, started: st
               "The shipped configs' defaults, tuned on the validation targets (never on test) within a few "
               "minutes of CPU training per model; the other modes reuse them unchanged (the temperature divides "
               "the BCE logits, the BPR margins and the softmax logits alike).", "", *hyperparameter_lines(models), ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    write_report(path, lines, echo=False)
 
 
 def reproduce_command(argv: list[str]) -> str:

@@ -41,6 +41,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
+from report import write_report
 
 K = 10
 HISTORY_LEN = 20
@@ -352,13 +353,7 @@ def main() -> None:
     errors = [(t, k, c, s["first_error"]) for t, k, c, s in rows if s["errors"]]
     if errors:
         lines += ["", "First error per failing cell:", ""] + [f"- {t} {k} c={c}: `{e}`" for t, k, c, e in errors]
-    if args.quick:
-        lines += ["", "**Smoke run** (`--quick`): 2 s cells on a small synthetic run; the figures only show that "
-                      "the benchmark works."]
-    lines.append("")
-    with open(args.out, "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    write_report(args.out, lines, smoke="2 s cells on a small synthetic run" if args.quick else None)
 
 
 if __name__ == "__main__":

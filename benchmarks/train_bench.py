@@ -42,6 +42,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from peer_train import EXAMPLES, NEG_RATIO  # noqa: E402  (plain constants; the module imports torch-rechub lazily)
+from report import write_report
 
 MODELS = ("dssm", "youtubednn", "mind")
 TARGET = 1.5  # ours per core / peer per core
@@ -447,8 +448,7 @@ def write_report(path: str, args, command: str, info: dict, peers: dict, ours: l
                   for o in ours]
     per_epoch += [f"in-process {m}: " + ", ".join(f"{e['seconds']:.2f}" for e in r["epochs"]) for m, r in local.items()]
     lines += ["", "Seconds per epoch: " + "; ".join(per_epoch) + ".", ""]
-    with open(path, "w") as f:
-        f.write("\n".join(lines))
+    write_report(path, lines, echo=False)
 
 
 def _train_sizes(peers: dict, ours: list[dict]) -> str:
