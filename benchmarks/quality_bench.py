@@ -28,7 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
-from report import write_report
+from report import write_report as write_markdown
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -238,7 +238,7 @@ def write_report(path: str, results: list[dict], args, command: str, started: st
               "The shipped configs' defaults, tuned on the validation targets (never on test) within a few "
               "minutes of CPU training per model; the other modes reuse them unchanged (the temperature divides "
               "the BCE logits, the BPR margins and the softmax logits alike).", "", *hyperparameter_lines(models), ""]
-    write_report(path, lines, echo=False)
+    write_markdown(path, lines, echo=False)
 
 
 def reproduce_command(argv: list[str]) -> str:

@@ -42,7 +42,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from peer_train import EXAMPLES, NEG_RATIO  # noqa: E402  (plain constants; the module imports torch-rechub lazily)
-from report import write_report
+from report import write_report as write_markdown
 
 MODELS = ("dssm", "youtubednn", "mind")
 TARGET = 1.5  # ours per core / peer per core
@@ -169,15 +169,15 @@ def ours_config(model: str, workers: int, epochs: int, run_dir: str):
     })
 
 
-def run_ours(model: str, workers: int, args, run_dir: str, log, weak: bool = False) -> dict:
+def run_ours(model: str, workers: int, args, run_dir: str, log, weak: bool = False, grad_sync: str = "auto") -> dict:
     """The real train stage (Ray Train); throughput from its per-epoch history (training.json).
 
     weak: every worker takes the whole batch (the global batch grows with the workers: weak scaling)
-    instead of a 1/workers share of it.
+    instead of a 1/workers share of it. grad_sync: train.grad_sync (the default, auto, or allreduce).
     """
     from ray_recall.pipeline import run_stage
 
-    cfg = ours_config(model, workers, args.epochs, run_dir)
+    cfg = ours_config(model, workers, args.epochs, run_dir).replace(**{"train.grad_sync": grad_sync})
     if weak:
         cfg = cfg.replace(**{"train.batch_size": cfg.train.batch_size * workers})
     summary = run_stage(cfg, "train", force=True, log=lambda s: None)
@@ -185,9 +185,10 @@ def run_ours(model: str, workers: int, args, run_dir: str, log, weak: bool = Fal
     r = {"model": model, "workers": workers, "cores": workers * cfg.train.num_threads, "batch_size": cfg.train.batch_size,
          "mode": cfg.train.mode, "epochs": history, "fit_seconds": summary["fit_seconds"],
          "train_seconds": summary["train_seconds"], "steady": steady(history, "epoch_seconds"),
-         "train_samples": history[0]["samples"], "weak": weak}
+         "train_samples": history[0]["samples"], "weak": weak, "grad_sync": grad_sync}
     r["fixed_seconds"] = r["fit_seconds"] - r["train_seconds"]
-    log(f"[ours] {model} x{workers}{' (weak scaling)' if weak else ''}: {r['steady']['samples_per_s']:,.0f} samples/s; epochs "
+    log(f"[ours] {model} x{workers}{' (weak scaling)' if weak else ''} grad_sync={grad_sync}: "
+        f"{r['steady']['samples_per_s']:,.0f} samples/s; epochs "
         f"{[h['epoch_seconds'] for h in history]} s; fit {r['fit_seconds']:.1f}s")
     return r
 
@@ -378,7 +379,8 @@ def write_report(path: str, args, command: str, info: dict, peers: dict, ours: l
         best_pc = best["steady"]["samples_per_s"] / best["cores"] if best else float("nan")
         rows = [(_peer_label(p), f"1 x {PEER_THREADS}", p["batch_size"] // p["rows_per_sample"], p["steady"], p["cores"])
                 for p in peers.get(m, [])]
-        rows += [("ray_recall, Ray Train" + (", whole batch per worker" if o.get("weak") else ""), f"{o['workers']} x 1",
+        rows += [("ray_recall, Ray Train" + (", whole batch per worker" if o.get("weak") else "")
+                  + (f", grad_sync={o['grad_sync']}" if o.get("grad_sync", "auto") != "auto" else ""), f"{o['workers']} x 1",
                   o["batch_size"], o["steady"], o["cores"]) for o in ours if o["model"] == m]
         if m in local:
             rows.append(("ray_recall in-process (no Ray)", "1 x 1", OURS[m]["train.batch_size"], local[m]["steady"], 1))
@@ -388,7 +390,7 @@ def write_report(path: str, args, command: str, info: dict, peers: dict, ours: l
             bold = "**" if label.startswith("ray_recall, Ray") else ""
             lines.append(f"| {m} | {label} | {wt} | {batch} | {s['samples_per_s']:,.0f} | {pc:,.0f} | {s['cpu_per_wall']:.2f} "
                          f"| {s['first_epoch_s']:.2f} | {s['epoch_s']:.2f} | {bold}{ratio:.2f}{bold} |")
-        for o in [o for o in ours if o["model"] == m and best and not o.get("weak")]:
+        for o in [o for o in ours if o["model"] == m and best and not o.get("weak") and o.get("grad_sync", "auto") == "auto"]:
             verdicts.append((m, o["workers"], o["steady"]["samples_per_s"] / o["cores"] / best_pc, best))
         for o in [o for o in ours if o["model"] == m and best and o.get("weak")]:
             weak_lines.append(f"- {m}, {o['workers']} workers, {o['batch_size'] // o['workers']} samples per worker "
@@ -420,17 +422,30 @@ def write_report(path: str, args, command: str, info: dict, peers: dict, ours: l
         "|---|---:|---:|---:|---:|---:|",
     ]
     for o in ours:
-        lines.append(f"| {o['model']} | {o['workers']}{' (whole batch each)' if o.get('weak') else ''} | {o['fit_seconds']:.1f} | {o['train_seconds']:.1f} "
+        lines.append(f"| {o['model']} | {o['workers']}{' (whole batch each)' if o.get('weak') else ''}"
+                     f"{' grad_sync=' + o['grad_sync'] if o.get('grad_sync', 'auto') != 'auto' else ''} | {o['fit_seconds']:.1f} | {o['train_seconds']:.1f} "
                      f"| {o['fixed_seconds']:.1f} | {o['steady']['first_epoch_s'] - o['steady']['epoch_s']:.2f} |")
     if sync:
         lines += ["", "## Averaging a gradient between 2 workers", "",
                   "What each step of a 2-worker run pays to average the model's gradient: gloo's all-reduce (DDP's "
                   "default) and the pairwise exchange ray_recall's Train loop registers as DDP's communication hook "
-                  "for gradients up to 1 MiB on CPU (`ray_recall/train/comm.py`). Two processes, 1 thread each, no "
+                  "for gradients up to 1 MiB on CPU (`ray_recall/stages/train/comm.py`). Two processes, 1 thread each, no "
                   "Ray running; median of 3 rounds of 1,000 calls.", "",
                   "| model | gradient floats | gloo all-reduce µs | pairwise exchange µs |", "|---|---:|---:|---:|"]
         for m, r in sync.items():
             lines.append(f"| {m} | {r['numel']:,} | {r['all_reduce_us']:,.0f} | {r['exchange_us']:,.0f} |")
+    pairs = [(a, b) for a in ours for b in ours if a["model"] == b["model"] and a["workers"] == b["workers"] > 1
+             and not a.get("weak") and not b.get("weak") and a.get("grad_sync", "auto") == "auto"
+             and b.get("grad_sync") == "allreduce"]
+    if pairs:
+        lines += ["", "## `train.grad_sync`: the whole fit, auto (the exchange) against allreduce", "",
+                  "The same 2-worker fits with `train.grad_sync: auto` (which takes the pairwise exchange for these "
+                  "gradients) and `allreduce` (DDP's own), one after the other in this run: the default is the "
+                  "faster.", "",
+                  "| model | workers | auto samples/s | allreduce samples/s | auto / allreduce |", "|---|---:|---:|---:|---:|"]
+        for a, b in pairs:
+            sa, sb = a["steady"]["samples_per_s"], b["steady"]["samples_per_s"]
+            lines.append(f"| {a['model']} | {a['workers']} | {sa:,.0f} | {sb:,.0f} | {sa / sb:.2f}x |")
     lines += ["", "## Settings", "", "| model | trainer | objective | batch | towers | parameters |",
               "|---|---|---|---|---|---:|"]
     for m in MODELS:
@@ -448,7 +463,7 @@ def write_report(path: str, args, command: str, info: dict, peers: dict, ours: l
                   for o in ours]
     per_epoch += [f"in-process {m}: " + ", ".join(f"{e['seconds']:.2f}" for e in r["epochs"]) for m, r in local.items()]
     lines += ["", "Seconds per epoch: " + "; ".join(per_epoch) + ".", ""]
-    write_report(path, lines, echo=False)
+    write_markdown(path, lines, echo=False)
 
 
 def _train_sizes(peers: dict, ours: list[dict]) -> str:
@@ -488,6 +503,8 @@ def main() -> None:
     ap.add_argument("--no-weak-scaling", action="store_true",
                     help="leave out the multi-worker runs where each worker takes the whole batch")
     ap.add_argument("--skip-in-process", action="store_true", help="leave out the Ray-free reference runs")
+    ap.add_argument("--no-grad-sync", action="store_true",
+                    help="leave out the multi-worker runs with train.grad_sync=allreduce beside the default (auto)")
     ap.add_argument("--out", default="benchmarks/train.md")
     ap.add_argument("--work-dir", default=None, help="keep run directories and raw JSON here (default: a temporary directory)")
     args = ap.parse_args()
@@ -524,6 +541,8 @@ def main() -> None:
             ours.append(run_ours(m, w, args, run_dir, log))
             if w > 1 and not args.no_weak_scaling:
                 ours.append(run_ours(m, w, args, run_dir, log, weak=True))
+            if w > 1 and not args.no_grad_sync:
+                ours.append(run_ours(m, w, args, run_dir, log, grad_sync="allreduce"))
             with open(os.path.join(work, "results.json"), "w") as f:
                 json.dump({"peers": peers, "ours": ours, "ray_init_s": ray_init_s, "data_s": data_s}, f, indent=1)
         if not args.skip_in_process:

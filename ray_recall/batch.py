@@ -102,7 +102,7 @@ class SequenceTable:
 
 def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
     """The user side of a batch: users [B] with their history before pos [B] (the last max_len items)."""
-    users = np.asarray(users, dtype=np.int64)
+    users = np.array(users, dtype=np.int64)  # a copy: the caller's array may be read-only (pandas, Arrow)
     hist, hist_len = seqs.windows(users, pos, max_len)
     return {USER: torch.from_numpy(users), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(hist_len)}
 
