@@ -2,12 +2,14 @@
 
 A training batch is a dict of tensors (numpy arrays before collation):
 
-    USER      [B]      int64  dense user id (0 = unknown user)
-    HIST      [B, L]   int64  item history, oldest first, right-padded with 0
-    HIST_LEN  [B]      int64  number of real items in HIST (the rest is padding)
-    POS       [B]      int64  target (positive) item
-    NEG       [B, N]   int64  sampled negative items (never one of the user's positives)
-    POS_LOGQ  [B]      float  log sampling probability of POS under the sampler (in-batch logQ correction)
+    USER       [B]      int64    dense user id (0 = unknown user)
+    HIST       [B, L]   int64    item history, oldest first, right-padded with 0
+    HIST_LEN   [B]      int64    number of real items in HIST (the rest is padding)
+    HIST_TIME  [B, L]   float64  timestamp (seconds) of each HIST item, 0 at padding; optional (HSTU's time bias)
+    POS        [B]      int64    per-prefix training: the target (positive) item after the whole history
+               [B, L]   int64    all-position training: POS[b, t] is the item after HIST[b, :t+1] (0 = no target)
+    NEG        [B, N]   int64    sampled negative items of each row (never one of the user's positives); an
+                                 all-position row's negatives serve every one of its positions
 
 An item batch is {ITEM: int64 tensor of any shape}.
 
@@ -24,9 +26,9 @@ import torch
 USER = "user_id"
 HIST = "hist"
 HIST_LEN = "hist_len"
+HIST_TIME = "hist_time"
 POS = "pos_item"
 NEG = "neg_items"
-POS_LOGQ = "pos_logq"
 ITEM = "item_id"
 
 
@@ -48,24 +50,37 @@ def train_part(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class SequenceTable:
     """All users' sequences as CSR arrays (linear in the log), for cutting history windows at batch time."""
 
-    def __init__(self, offsets: np.ndarray, items: np.ndarray):
+    def __init__(self, offsets: np.ndarray, items: np.ndarray, times: np.ndarray | None = None):
         self.offsets = offsets  # [num_users + 2] int64; user u's items are items[offsets[u]:offsets[u+1]]
         self.items = items  # [num_interactions] int32
+        self.times = times  # [num_interactions] float64 seconds, or None
 
     @classmethod
     def from_arrow(cls, table, num_users: int) -> "SequenceTable":
-        """A pyarrow table of sequence rows (user_idx, items: list<int32>, length), in any user order -> the table."""
+        """A pyarrow table of sequence rows (user_idx, items: list<int32>, length[, times]), in any user order."""
         users = table.column("user_idx").to_numpy()
-        lengths = table.column("length").to_numpy()
-        flat = table.column("items").combine_chunks().flatten().to_numpy()
+        row_len = table.column("length").to_numpy().astype(np.int64)
         lengths_by_user = np.zeros(num_users + 1, dtype=np.int64)
-        lengths_by_user[users] = lengths
+        lengths_by_user[users] = row_len
         offsets = np.concatenate([[0], np.cumsum(lengths_by_user)])
-        items = np.zeros(offsets[-1], dtype=np.int32)
-        row_len = np.asarray(lengths, dtype=np.int64)
         src = np.repeat(offsets[users] - (np.cumsum(row_len) - row_len), row_len) + np.arange(row_len.sum())
-        items[src] = flat
-        return cls(offsets, items)
+        items = np.zeros(offsets[-1], dtype=np.int32)
+        items[src] = table.column("items").combine_chunks().flatten().to_numpy()
+        times = None
+        if "times" in table.column_names:
+            times = np.zeros(offsets[-1], dtype=np.float64)
+            times[src] = table.column("times").combine_chunks().flatten().to_numpy()
+        return cls(offsets, items, times)
+
+    @classmethod
+    def of_rows(cls, table) -> "SequenceTable":
+        """Sequence rows (items: list<int32>[, times]) -> a table indexed by row number 0..n-1 instead of user id."""
+        items = table.column("items").combine_chunks()
+        offsets = items.offsets.to_numpy().astype(np.int64)
+        offsets = offsets - offsets[0]
+        flat = items.flatten().to_numpy()
+        times = table.column("times").combine_chunks().flatten().to_numpy() if "times" in table.column_names else None
+        return cls(offsets, flat, times)
 
     def length(self, users: np.ndarray) -> np.ndarray:
         return self.offsets[users + 1] - self.offsets[users]
@@ -81,10 +96,16 @@ class SequenceTable:
         pos = np.asarray(pos, dtype=np.int64)
         start = np.maximum(pos - max_len, 0)
         hist_len = pos - start
-        idx = self.offsets[users][:, None] + start[:, None] + np.arange(max_len)[None, :]
-        real = np.arange(max_len)[None, :] < hist_len[:, None]
-        hist = np.where(real, self.items[np.minimum(idx, len(self.items) - 1)], 0).astype(np.int64)
-        return hist, hist_len
+        return self.slices(users, start, hist_len, max_len), hist_len
+
+    def slices(self, users: np.ndarray, start: np.ndarray, length: np.ndarray, width: int,
+               source: np.ndarray | None = None) -> np.ndarray:
+        """[B, width]: items (or `source`, e.g. self.times) start..start+length-1 of each user, right-padded with 0."""
+        source = self.items if source is None else source
+        idx = self.offsets[users][:, None] + np.asarray(start)[:, None] + np.arange(width)[None, :]
+        real = np.arange(width)[None, :] < np.asarray(length)[:, None]
+        values = source[np.minimum(idx, max(len(source) - 1, 0))] if len(source) else np.zeros(idx.shape, source.dtype)
+        return np.where(real, values, 0).astype(np.int64 if source is self.items else source.dtype)
 
     def seen_before(self, users: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, item) pairs of every item each user interacted with before `pos`, for masking seen items."""
@@ -101,10 +122,15 @@ class SequenceTable:
 
 
 def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
-    """The user side of a batch: users [B] with their history before pos [B] (the last max_len items)."""
+    """The user side of a batch: users [B] with their history before pos [B] (the last max_len items, and their
+    timestamps when the table has them)."""
     users = np.array(users, dtype=np.int64)  # a copy: the caller's array may be read-only (pandas, Arrow)
     hist, hist_len = seqs.windows(users, pos, max_len)
-    return {USER: torch.from_numpy(users), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(hist_len)}
+    out = {USER: torch.from_numpy(users), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(hist_len)}
+    if seqs.times is not None:
+        start = np.asarray(pos, dtype=np.int64) - hist_len
+        out[HIST_TIME] = torch.from_numpy(seqs.slices(users, start, hist_len, max_len, seqs.times))
+    return out
 
 
 def pad_histories(histories: list[np.ndarray], max_len: int, users: np.ndarray | None = None) -> dict[str, torch.Tensor]:

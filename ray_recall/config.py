@@ -184,14 +184,29 @@ class TrainConfig(_Section):
 
     mode: Mode = "listwise"
     """pointwise | pairwise | listwise (aliases 0 / 1 / 2)"""
+    targets: Literal["auto", "all_positions", "per_prefix"] = "auto"
+    """all_positions: a causal model (sasrec, gru4rec, hstu) scores every position of a window of the user's
+    sequence in one pass; per_prefix: one history window per target; auto: all_positions for causal models"""
+    window: Literal["tile", "random", "last"] = "tile"
+    """all_positions: how a user's train part is cut into windows of max_len: tile (every target once per epoch)
+    | random (one window per user, a fresh start each epoch) | last (the most recent window only)"""
+    softmax: Literal["sampled", "full"] = "sampled"
+    """list-wise: sampled (against sampled and/or in-batch negatives) | full (the exact softmax over every item,
+    in chunks of bounded memory; no negatives are sampled)"""
     temperature: PositiveNumber = 0.1
     """logits (and BPR margins) are divided by this"""
     num_negatives: NonNegativeInt = 20
-    """sampled negatives per positive"""
+    """sampled negatives per positive (all_positions: per window, shared by its positions)"""
     sampler: Sampler = "word2vec"
     """uniform | word2vec (popularity^0.75) | log_popularity (aliases 0 / 1 / 2)"""
+    logq_correction: StrictBool = True
+    """list-wise: lower each sampled or in-batch candidate's logit by the log of its expected count among the
+    candidates, so that the sampled softmax estimates the full one whatever the sampler"""
     in_batch_negatives: StrictBool = False
-    """list-wise: also use the other rows' positives as negatives, logQ-corrected"""
+    """list-wise: also use the batch's other targets as negatives (never the row's own user's items)"""
+    gather_negatives: StrictBool = True
+    """with in_batch_negatives on several workers: the candidates are every worker's targets (an all-gather
+    with gradients), so N workers see the global batch's candidates"""
     epochs: PositiveInt = 10
     """passes over the training samples (the most, with early stopping)"""
     batch_size: PositiveInt = 1024
@@ -247,8 +262,11 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.num_negatives == 0 and not self.in_batch_negatives:
-            raise ValueError("train.num_negatives=0 needs train.in_batch_negatives=true (no negatives at all otherwise)")
+        if self.softmax == "full" and self.mode != "listwise":
+            raise ValueError(f"train.softmax='full' is a list-wise loss; train.mode={self.mode!r} takes sampled negatives")
+        if self.num_negatives == 0 and not self.in_batch_negatives and self.softmax != "full":
+            raise ValueError("train.num_negatives=0 needs train.in_batch_negatives=true or train.softmax=full "
+                             "(no negatives at all otherwise)")
         if self.batch_size < self.num_workers:
             raise ValueError(f"train.batch_size={self.batch_size} is smaller than train.num_workers={self.num_workers}")
         if self.grad_sync == "exchange":

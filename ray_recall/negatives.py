@@ -46,28 +46,39 @@ class NegativeSampler:
         self.positive_keys = positive_keys if positive_keys is not None else np.zeros(0, dtype=np.int64)
         self.max_rounds = max_rounds
 
-    def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    def positive_keys_of(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Sorted keys (user * (num_items + 1) + item) of (user, item) pairs [n]: a `positive_keys` for `sample`."""
+        keys = np.sort(np.asarray(users, dtype=np.int64) * (self.num_items + 1) + np.asarray(items, dtype=np.int64))
+        return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+
+    def is_positive(self, users: np.ndarray, items: np.ndarray, positive_keys: np.ndarray | None = None) -> np.ndarray:
         """users [B] (or broadcastable), items [B, ...] -> bool, True where the item is the user's own positive."""
-        if len(self.positive_keys) == 0:
+        positive_keys = self.positive_keys if positive_keys is None else positive_keys
+        if len(positive_keys) == 0:
             return np.zeros(np.shape(items), dtype=bool)
         keys = np.asarray(users, dtype=np.int64).reshape(-1, *([1] * (np.ndim(items) - 1))) * (self.num_items + 1) + items
-        idx = np.minimum(np.searchsorted(self.positive_keys, keys), len(self.positive_keys) - 1)
-        return self.positive_keys[idx] == keys
+        idx = np.minimum(np.searchsorted(positive_keys, keys), len(positive_keys) - 1)
+        return positive_keys[idx] == keys
 
     def _draw(self, shape, rng: np.random.Generator) -> np.ndarray:
         return np.minimum(np.searchsorted(self.cdf, rng.random(shape), side="right"), self.num_items).astype(np.int64)
 
-    def sample(self, users: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        """users [B] -> [B, n] item ids drawn from the distribution, none of them the row's user's positive."""
+    def sample(self, users: np.ndarray, n: int, rng: np.random.Generator,
+               positive_keys: np.ndarray | None = None) -> np.ndarray:
+        """users [B] -> [B, n] item ids drawn from the distribution, none of them the row's user's positive.
+
+        The positives are `positive_keys` (sorted user * (num_items + 1) + item, e.g. `positive_keys_of` a batch's
+        own rows) or, by default, the keys the sampler was built with.
+        """
         users = np.asarray(users, dtype=np.int64)
         out = self._draw((len(users), n), rng)
-        bad = self.is_positive(users, out)
+        bad = self.is_positive(users, out, positive_keys)
         for _ in range(self.max_rounds):
             if not bad.any():
                 return out
             rows = np.nonzero(bad)[0]
             out[bad] = self._draw(int(bad.sum()), rng)
-            bad[bad] = self.is_positive(users[rows], out[bad])
+            bad[bad] = self.is_positive(users[rows], out[bad], positive_keys)
         if bad.any():
             user = int(users[np.nonzero(bad)[0][0]])
             raise ValueError(f"cannot draw a negative for dense user {user}: after {self.max_rounds} rounds every draw "

@@ -22,6 +22,7 @@ from ray_recall.stages.index import build_index
 from ray_recall.stages.preprocess import preprocess
 from ray_recall.stages.preprocess.sources import declared_features
 from ray_recall.stages.train import train
+from ray_recall.stages.train.loop import resolve_targets
 
 _STAGE_FNS: dict[str, Callable] = {"preprocess": preprocess, "train": train, "embed": embed, "index": build_index,
                                    "evaluate": evaluate}
@@ -32,6 +33,7 @@ def check_config(cfg: PipelineConfig) -> PipelineConfig:
     features = declared_features(cfg.data)
     user, item = features if features is not None else (None, None)
     check_model_config(cfg.model, cfg.data.max_len, user, item)
+    resolve_targets(cfg.train, cfg.model.name)
     return cfg
 
 

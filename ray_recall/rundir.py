@@ -48,6 +48,8 @@ from ray_recall.storage import Storage
 from ray_recall.vocab import Vocabulary
 
 MANIFEST = "manifest.json"
+# The data stage's file layout; data/meta.json records it, and data written in another layout is prepared again.
+DATA_LAYOUT = 2  # 2: per-partition files, sequences with their timestamps
 SPLITS = ("train", "val", "test")
 STAGES = ("preprocess", "train", "embed", "index", "evaluate")
 # The file whose presence says a stage's outputs are complete (each is written last, or in one staged directory).
@@ -150,7 +152,8 @@ class RunDir(Storage):
     def stage_done(self, stage: str, cfg: PipelineConfig) -> bool:
         """Whether `stage` finished with the config sections it depends on as in `cfg`, and its outputs exist."""
         info = self.manifest()["stages"].get(stage)
-        return bool(info) and info.get("config_hash") == stage_hash(cfg, stage) and self.exists(*STAGE_OUTPUTS[stage])
+        done = bool(info) and info.get("config_hash") == stage_hash(cfg, stage) and self.exists(*STAGE_OUTPUTS[stage])
+        return done and (stage != "preprocess" or self.read_meta().get("layout") == DATA_LAYOUT)
 
     def record_stage(self, stage: str, cfg: PipelineConfig, **info) -> None:
         manifest = self.manifest()
@@ -168,7 +171,7 @@ class RunDir(Storage):
         return self.read_json("data", "meta.json")
 
     def write_meta(self, meta: dict, at: str = "data") -> None:
-        self.write_json(meta, at, "meta.json")
+        self.write_json({**meta, "layout": DATA_LAYOUT}, at, "meta.json")
 
     def write_vocabularies(self, users: pa.Table, items: pa.Table, at: str = "data") -> None:
         """users: user_idx, raw_id, f_<feature>...; items: item_idx, raw_id, count, title, f_<feature>..."""
@@ -228,8 +231,9 @@ class RunDir(Storage):
         """Every user's sequence (CSR arrays, dense user ids 0..num_users)."""
         if num_users is None:
             num_users = self.read_meta()["num_users"]
-        return SequenceTable.from_arrow(self.read_parquet("data", "sequences", columns=["user_idx", "items", "length"]),
-                                        num_users)
+        names = self.read_parquet_schema("data", "sequences").names
+        columns = ["user_idx", "items", "length"] + (["times"] if "times" in names else [])
+        return SequenceTable.from_arrow(self.read_parquet("data", "sequences", columns=columns), num_users)
 
     def split_uri(self, split: str) -> str:
         _check_split(split)

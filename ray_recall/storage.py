@@ -121,6 +121,12 @@ class Storage:
         pq.write_table(table, sink)
         self.write_bytes(sink.getvalue().to_pybytes(), *parts)
 
+    def read_parquet_schema(self, *parts: str) -> pa.Schema:
+        """The schema of one file, or of a directory's files (its first file in name order)."""
+        import pyarrow.dataset as pads
+
+        return pads.dataset(self.path(*parts), filesystem=self.fs, format="parquet").schema
+
     def read_parquet(self, *parts: str, columns: list[str] | None = None) -> pa.Table:
         """One file, or every file of a directory in name order."""
         return pq.read_table(self.path(*parts), filesystem=self.fs, columns=columns)

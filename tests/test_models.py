@@ -56,6 +56,13 @@ def train_batch(num_neg: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
     return batch
 
 
+def towers(model, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """forward on a per-prefix batch -> (user [B, D], pos [B, D], neg [B, N, D])."""
+    out = model(batch)
+    assert out["user"].shape[1] == 1 and out["pos"].shape[1] == 1  # one target per row
+    return out["user"][:, 0], out["pos"][:, 0], out["neg"]
+
+
 def expected_user_shape(model, n: int) -> tuple[int, ...]:
     return (n, model.num_interests, D) if model.multi_interest else (n, D)
 
@@ -63,8 +70,8 @@ def expected_user_shape(model, n: int) -> tuple[int, ...]:
 ALL = available_models()
 
 
-def test_the_six_models_are_registered():
-    assert {"dssm", "youtubednn", "gru4rec", "sasrec", "mind", "comirec"} <= set(ALL)
+def test_the_seven_models_are_registered():
+    assert {"dssm", "youtubednn", "gru4rec", "sasrec", "mind", "comirec", "hstu"} <= set(ALL)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -94,11 +101,11 @@ def test_encode_shapes(name):
 def test_forward_returns_one_user_vector_per_row(name):
     model = make_model(name).train()
     batch = train_batch(num_neg=6)
-    user, pos, neg = model(batch)
+    user, pos, neg = towers(model, batch)
     assert user.shape == (5, D) and pos.shape == (5, D) and neg.shape == (5, 6, D)
     # The item side in forward is exactly encode_item (same tower, same ids).
     model.eval()
-    _, pos_eval, neg_eval = model(batch)
+    _, pos_eval, neg_eval = towers(model, batch)
     torch.testing.assert_close(pos_eval, model.encode_item({B.ITEM: batch[B.POS]}))
     torch.testing.assert_close(neg_eval, model.encode_item({B.ITEM: batch[B.NEG]}))
 
@@ -134,7 +141,7 @@ def test_real_history_items_do_change_the_user_vector(name):
 def test_backward_gives_finite_gradients(name):
     model = make_model(name).train()
     batch = train_batch()
-    user, pos, neg = model(batch)
+    user, pos, neg = towers(model, batch)
     listwise_loss(user, pos, neg, temperature=0.1).backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads, "no parameter received a gradient"
@@ -148,7 +155,7 @@ def test_empty_history_is_finite_in_training(name):
     batch = train_batch()
     batch[B.HIST_LEN] = torch.tensor([0, 3, 1, 0, 2])
     batch[B.HIST] = batch[B.HIST] * length_mask(batch[B.HIST_LEN], MAX_LEN)
-    user, pos, neg = model(batch)
+    user, pos, neg = towers(model, batch)
     listwise_loss(user, pos, neg, temperature=0.1).backward()
     assert torch.isfinite(user).all()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -158,7 +165,7 @@ def test_empty_history_is_finite_in_training(name):
 def test_state_dict_round_trips_into_a_fresh_model(name):
     trained = make_model(name, seed=0)
     # One optimizer step so the weights differ from any fresh initialization.
-    user, pos, neg = trained(train_batch())
+    user, pos, neg = towers(trained, train_batch())
     listwise_loss(user, pos, neg, temperature=0.1).backward()
     torch.optim.SGD(trained.parameters(), lr=0.5).step()
     fresh = make_model(name, seed=1)
@@ -217,7 +224,7 @@ def test_mind_dynamic_interests_excludes_inactive_interests_from_training_attent
     batch[B.HIST_LEN] = torch.tensor([1, 1, 1, 1, 1])  # K_u = 1 everywhere
     batch[B.HIST] = batch[B.HIST] * length_mask(batch[B.HIST_LEN], MAX_LEN)
     with torch.no_grad():
-        user, _, _ = model(batch)
+        user, _, _ = towers(model, batch)
         interests, _ = model.interests(batch)
     torch.testing.assert_close(user, interests[:, 0])
 

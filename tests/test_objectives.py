@@ -68,8 +68,9 @@ def test_listwise_with_neg_logq_correction():
     T = 0.5
     rows = []
     for b in range(2):
-        corrected = [s - neg_logq[b, n].item() for n, s in enumerate(NEG_S[b])]  # s - log q
-        logits = [POS_S[b] / T] + [s / T for s in corrected]
+        # The correction applies to the tempered logit: s / T - log q (so that the sampled softmax estimates
+        # the softmax of s / T over the catalog at any temperature).
+        logits = [POS_S[b] / T] + [s / T - neg_logq[b, n].item() for n, s in enumerate(NEG_S[b])]
         rows.append(logsumexp(logits) - logits[0])
     want = sum(rows) / 2
     got = listwise_loss(USER, POS, NEG, temperature=T, neg_logq=neg_logq)
@@ -90,12 +91,12 @@ def test_in_batch_negatives_with_pos_logq_and_same_item_masking():
     # s = [[1, 3, .5], [2, 0, .5], [3, 3, 1]]
     np.testing.assert_allclose(s, [[1, 3, 0.5], [2, 0, 0.5], [3, 3, 1]])
     lq = pos_logq.tolist()
-    row_logits = [
-        [s[0, 0], s[0, 1] - lq[1]],  # row 0: column 2 holds the same item (5): masked
-        [s[1, 1], s[1, 0] - lq[0], s[1, 2] - lq[2]],  # row 1: both other rows are negatives
-        [s[2, 2], s[2, 1] - lq[1]],  # row 2: column 0 is item 5 again: masked
+    row_logits = [  # tempered logits, corrected by log q
+        [s[0, 0] / T, s[0, 1] / T - lq[1]],  # row 0: column 2 holds the same item (5): masked
+        [s[1, 1] / T, s[1, 0] / T - lq[0], s[1, 2] / T - lq[2]],  # row 1: both other rows are negatives
+        [s[2, 2] / T, s[2, 1] / T - lq[1]],  # row 2: column 0 is item 5 again: masked
     ]
-    want = sum(logsumexp([x / T for x in r]) - r[0] / T for r in row_logits) / 3
+    want = sum(logsumexp(r) - r[0] for r in row_logits) / 3
     got = listwise_loss(user, pos, neg, temperature=T, in_batch=True, pos_ids=pos_ids, pos_logq=pos_logq)
     assert got.item() == pytest.approx(want, rel=1e-9)
     # Without ids only the diagonal is masked, and the duplicate item becomes a (false) negative.

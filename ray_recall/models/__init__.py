@@ -6,9 +6,10 @@ from ray_recall.models.spec import ModelSpec, build_from_file, build_model, chec
 from ray_recall.models.comirec import ComiRecSA
 from ray_recall.models.dssm import DSSM
 from ray_recall.models.gru4rec import GRU4Rec
+from ray_recall.models.hstu import HSTU
 from ray_recall.models.mind import MIND
 from ray_recall.models.sasrec import SASRec
 from ray_recall.models.youtubednn import YouTubeDNN
 
-__all__ = ["RecallModel", "ModelSpec", "ComiRecSA", "DSSM", "GRU4Rec", "MIND", "SASRec", "YouTubeDNN", "available_models",
+__all__ = ["RecallModel", "ModelSpec", "ComiRecSA", "DSSM", "GRU4Rec", "HSTU", "MIND", "SASRec", "YouTubeDNN", "available_models",
            "build_from_file", "build_model", "check_model_config", "get_model_class", "load_trained", "register_model"]

@@ -17,7 +17,7 @@ from torch import nn
 
 from ray_recall import batch as B
 from ray_recall.config import MODES
-from ray_recall.models.layers import label_aware_attention
+from ray_recall.models.layers import gather_last, label_aware_attention
 from ray_recall.models.registry import is_registered
 from ray_recall.models.spec import ModelSpec
 from ray_recall.schema import DataSchema
@@ -46,10 +46,14 @@ class RecallModel(nn.Module, metaclass=_ModelType):
 
     Class attributes a subclass may set:
         multi_interest: `encode_user` returns [B, K, D] (one vector per interest) instead of [B, D].
+        causal: the user state at each position depends only on the items up to it; the model then
+            implements `encode_sequence` ([B, L, D], every position's state in one pass), which all-position
+            training scores against every next item, and `encode_user` is its state after the last item.
         modes: the training modes the model is meant for.
     """
 
     multi_interest: ClassVar[bool] = False
+    causal: ClassVar[bool] = False
     modes: ClassVar[tuple[str, ...]] = MODES
     registry_name: ClassVar[str]  # set by @register_model
     spec: ModelSpec | None  # what built this model (set on construction; None for an unregistered class)
@@ -62,25 +66,47 @@ class RecallModel(nn.Module, metaclass=_ModelType):
 
     def encode_user(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """USER [B], HIST [B, L], HIST_LEN [B] -> [B, D] (multi-interest: [B, K, D])."""
+        if self.causal:
+            return gather_last(self.encode_sequence(batch), batch[B.HIST_LEN])
         raise NotImplementedError
+
+    def encode_sequence(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Causal models: HIST [B, L], HIST_LEN [B] (HIST_TIME [B, L] if the model reads it) -> [B, L, D], the
+        user state after each position (padding positions: anything; they are never scored)."""
+        raise NotImplementedError(f"{type(self).__name__} is not causal: it has no per-position states")
 
     def encode_item(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """ITEM [...] -> [..., D]."""
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both towers for a training batch: (user [B, D], pos [B, D], neg [B, N, D]).
+    def forward(self, batch: dict[str, torch.Tensor], all_items: bool = False) -> dict[str, torch.Tensor]:
+        """Both towers for a training batch (training calls this, so that DDP sees one forward).
 
-        Training calls this (so that DDP sees one forward); a multi-interest user is reduced to one
-        vector per row against its positive by `user_for_target`.
+        POS [E] (per prefix) or [E, L] (all positions), NEG [E, N] ->
+            "user"  [E, T, D]  the user state scored at each target (T = 1 per prefix, L all positions)
+            "pos"   [E, T, D]  the target items (padding targets, id 0: anything; never scored)
+            "neg"   [E, N, D]  each row's negatives
+            "items" [num_items, D] every item (row j = item j + 1), when `all_items` (the exact softmax)
+        A multi-interest user is reduced to one vector per row against its positive by `user_for_target`.
         """
         pos_ids, neg_ids = batch[B.POS], batch[B.NEG]
-        # Encode each distinct item once: B * (1 + N) draws usually hold far fewer distinct items.
-        unique, inverse = torch.unique(torch.cat([pos_ids, neg_ids.reshape(-1)]), return_inverse=True)
-        items = self.encode_item({B.ITEM: unique})[inverse]
-        pos = items[: len(pos_ids)]
-        neg = items[len(pos_ids):].reshape(*neg_ids.shape, -1)
-        return self.user_for_target(batch, pos), pos, neg
+        per_prefix = pos_ids.dim() == 1
+        targets = pos_ids[:, None] if per_prefix else pos_ids  # [E, T]
+        out = {}
+        if all_items:
+            table = self.encode_item({B.ITEM: self.all_item_ids(device=pos_ids.device)})
+            out["items"] = table
+            table = torch.cat([table.new_zeros(1, table.shape[-1]), table])  # row 0: padding
+            pos, neg = table[targets], table[neg_ids]
+        else:
+            # Encode each distinct item once: the targets and negatives of a batch hold far fewer distinct items.
+            unique, inverse = torch.unique(torch.cat([targets.reshape(-1), neg_ids.reshape(-1)]), return_inverse=True)
+            vecs = self.encode_item({B.ITEM: unique})[inverse]
+            pos = vecs[: targets.numel()].reshape(*targets.shape, -1)
+            neg = vecs[targets.numel():].reshape(*neg_ids.shape, -1)
+        out["user"] = self.user_for_target(batch, pos[:, 0])[:, None] if per_prefix else self.encode_sequence(batch)
+        out["pos"], out["neg"] = pos, neg
+        return out
 
     def user_for_target(self, batch: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         """The user vector [B, D] that training scores against `target` [B, D]: `encode_user`, with a

@@ -8,15 +8,16 @@ from torch import nn
 from ray_recall import batch as B
 from ray_recall.schema import DataSchema
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import gather_last, item_table, length_mask
+from ray_recall.models.layers import item_table, length_mask
 from ray_recall.models.registry import register_model
 
 
 @register_model("gru4rec")
 class GRU4Rec(RecallModel):
-    """Item embeddings -> GRU -> hidden state at position HIST_LEN - 1 -> Linear -> D.
+    """Item embeddings -> GRU -> Linear -> D, the state at every position.
 
-    The item table (size D) is shared by the input and the output side.
+    The item table (size D) is shared by the input and the output side. Causal: trained on every position of a
+    window at once; the user is the state after the last item.
 
     Args:
         hidden_size: GRU state size.
@@ -25,9 +26,12 @@ class GRU4Rec(RecallModel):
         normalize: L2-normalize both sides (cosine scores; pair with a temperature).
 
     Shapes:
-        encode_user: HIST [B, L], HIST_LEN [B] -> [B, D] (USER is not used)
+        encode_sequence: HIST [B, L], HIST_LEN [B] -> [B, L, D] (USER is not used)
+        encode_user: -> [B, D], the state at HIST_LEN - 1 (0 for an empty history)
         encode_item: ITEM [...] -> [..., D]
     """
+
+    causal = True
 
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, hidden_size: int = 64, num_layers: int = 1,
@@ -41,15 +45,15 @@ class GRU4Rec(RecallModel):
                           dropout=dropout_rate if num_layers > 1 else 0.0)
         self.proj = nn.Linear(hidden_size, embedding_dim)
 
-    def encode_user(self, batch):
+    def encode_sequence(self, batch):
         hist, hist_len = batch[B.HIST], batch[B.HIST_LEN]
         L = hist.shape[1]
         mask = length_mask(hist_len, L)  # [B, L]
-        # Zeroing padded inputs makes the ids stored there irrelevant; the GRU is causal, so the state
-        # at the last real position never sees them anyway.
+        # Zeroing padded inputs makes the ids stored there irrelevant; the GRU is causal, so the states
+        # at real positions never see them anyway.
         x = self.emb_dropout(self.item_emb(hist) * mask.unsqueeze(-1))  # [B, L, D]
         out, _ = self.gru(x)  # [B, L, H]
-        return self.output(self.proj(gather_last(out, hist_len)))  # [B, D]; an empty history gives proj(0)
+        return self.output(self.proj(out))  # [B, L, D]
 
     def encode_item(self, batch):
         return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]

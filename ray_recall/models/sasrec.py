@@ -9,7 +9,7 @@ from torch import nn
 from ray_recall import batch as B
 from ray_recall.schema import DataSchema
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import gather_last, item_table, length_mask
+from ray_recall.models.layers import item_table, length_mask
 from ray_recall.models.registry import register_model
 
 
@@ -39,9 +39,10 @@ class _CausalBlock(nn.Module):
 
 @register_model("sasrec")
 class SASRec(RecallModel):
-    """(item + learned position) embeddings -> causal transformer blocks -> output at position HIST_LEN - 1.
+    """(item + learned position) embeddings -> causal transformer blocks -> the state at every position.
 
-    The item table (size D) is shared by the input and the output side, as in the paper.
+    The item table (size D) is shared by the input and the output side, as in the paper. Causal: trained
+    on every position of a window at once; the user is the state after the last item.
 
     Args:
         num_blocks: transformer blocks.
@@ -50,9 +51,12 @@ class SASRec(RecallModel):
         normalize: L2-normalize both sides (cosine scores; pair with a temperature).
 
     Shapes:
-        encode_user: HIST [B, L], HIST_LEN [B] -> [B, D] (USER is not used; L <= the schema's max_len)
+        encode_sequence: HIST [B, L], HIST_LEN [B] -> [B, L, D] (USER is not used; L <= the schema's max_len)
+        encode_user: -> [B, D], the state at HIST_LEN - 1
         encode_item: ITEM [...] -> [..., D]
     """
+
+    causal = True
 
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_blocks: int = 2, num_heads: int = 1,
@@ -67,7 +71,7 @@ class SASRec(RecallModel):
         self.blocks = nn.ModuleList(_CausalBlock(embedding_dim, num_heads, dropout_rate) for _ in range(num_blocks))
         self.ln_out = nn.LayerNorm(embedding_dim)
 
-    def encode_user(self, batch):
+    def encode_sequence(self, batch):
         hist, hist_len = batch[B.HIST], batch[B.HIST_LEN]
         L = hist.shape[1]
         if L > self.max_len:
@@ -78,13 +82,12 @@ class SASRec(RecallModel):
         x = self.emb_dropout(x)
         causal = torch.ones(L, L, dtype=torch.bool, device=hist.device).tril()
         # Key 0 always stays visible so a query never has an empty row (softmax of nothing is NaN);
-        # for real queries it is a real item, for an empty history the result is discarded below.
+        # for real queries it is a real item, for an empty history the result is never used.
         keys = mask | (torch.arange(L, device=hist.device) == 0)
         allowed = (causal[None] & keys[:, None, :]).unsqueeze(1)  # [B, 1, L, L]
         for block in self.blocks:
             x = block(x, allowed)
-        x = self.ln_out(x)
-        return self.output(gather_last(x, hist_len))  # [B, D]; an empty history gives 0
+        return self.output(self.ln_out(x))  # [B, L, D]
 
     def encode_item(self, batch):
         return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]

@@ -23,9 +23,10 @@ import pyarrow as pa
 from ray_recall.batch import positions_within, train_part
 from ray_recall.errors import DataError
 
+# times: each item's timestamp (float64 seconds), in the same order.
 # duplicates: rows repeating one of this user's (item, timestamp) pairs, dropped from `items`.
-SEQ_SCHEMA = pa.schema([("user_idx", pa.int64()), ("items", pa.list_(pa.int32())), ("length", pa.int32()),
-                        ("duplicates", pa.int32())])
+SEQ_SCHEMA = pa.schema([("user_idx", pa.int64()), ("items", pa.list_(pa.int32())), ("times", pa.list_(pa.float64())),
+                        ("length", pa.int32()), ("duplicates", pa.int32())])
 SAMPLE_SCHEMA = pa.schema([("user_idx", pa.int64()), ("pos", pa.int32()), ("target", pa.int32())])
 
 
@@ -64,7 +65,7 @@ def build_sequences(batch: pa.Table, min_len: int = 3, duplicates: str = "drop",
                             f"{_describe_row(u[k], i[k], t[k], user_vocab, item_vocab)}; "
                             "set data.duplicates=drop to keep one of each")
         dup_users = u[dup]
-        u, i = u[~dup], i[~dup]
+        u, i, t = u[~dup], i[~dup], t[~dup]
     else:
         dup_users = u[:0]
     starts = np.concatenate([[0], np.flatnonzero(np.diff(u)) + 1])
@@ -75,13 +76,14 @@ def build_sequences(batch: pa.Table, min_len: int = 3, duplicates: str = "drop",
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     flat_idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
     items = pa.ListArray.from_arrays(pa.array(offsets), pa.array(i[flat_idx], pa.int32()))
+    times = pa.ListArray.from_arrays(pa.array(offsets), pa.array(t[flat_idx].astype(np.float64), pa.float64()))
     kept_users = u[starts]
     dup_count = np.zeros(len(kept_users), dtype=np.int32)
     if len(dup_users):
         at = np.searchsorted(kept_users, dup_users)  # users are sorted; a dropped user matches no kept row
         hit = (at < len(kept_users)) & (kept_users[np.minimum(at, len(kept_users) - 1)] == dup_users)
         np.add.at(dup_count, at[hit], 1)
-    return pa.table({"user_idx": pa.array(kept_users, pa.int64()), "items": items,
+    return pa.table({"user_idx": pa.array(kept_users, pa.int64()), "items": items, "times": times,
                      "length": pa.array(lengths.astype(np.int32)), "duplicates": pa.array(dup_count)}, schema=SEQ_SCHEMA)
 
 

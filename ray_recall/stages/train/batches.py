@@ -1,56 +1,123 @@
-"""Building a training batch from (user, pos, target) samples: history windows and negatives, cut at batch time."""
+"""Training batches, built from users' sequence rows as Ray Data streams them (data/sequences).
+
+A worker receives rows of whole users (user_idx, items, times, length) and turns each chunk of rows
+into training examples of those users' train parts (s[:n-2]; the last two items are validation and
+test), so it holds nothing that grows with the number of users:
+
+- per prefix: every train-part position p >= 1 is a sample, target s[p], history the last max_len
+  items before it (the classic way, for every model);
+- all positions: windows of up to max_len train-part items, each position's next item its target
+  (`POS` [W, L]), so that a causal encoder scores every position in one pass.
+
+Negatives are drawn for each row (a sample, or a window whose positions share them), never one of the
+user's own train-part items: the rows carry those, so rejection needs no global table. Every epoch
+draws fresh ones, seeded by (seed, epoch, the chunk's first user): the same epoch of the same run
+draws the same negatives whatever the worker count. A chunk's examples are shuffled together
+(seeded) and cut into steps by the loop (`split_batches`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import torch
-from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.data.collate_fn import ArrowBatchCollateFn
 
 from ray_recall import batch as B
-from ray_recall.batch import SequenceTable
+from ray_recall.batch import SequenceTable, positions_within, train_part
 from ray_recall.negatives import NegativeSampler
 
+CHUNK_EXAMPLES = 16384  # examples built at a time (a chunk's are shuffled together), about
 
-CHUNK_SAMPLES = 4096  # samples built at a time, rounded down to whole batches (at least one)
 
-
-def chunk_size(batch_size: int) -> int:
-    """Samples per `TrainBatchBuilder` call for steps of `batch_size`: a whole number of batches."""
-    return batch_size * max(1, CHUNK_SAMPLES // batch_size)
+def rows_per_chunk(examples_per_user: float) -> int:
+    """Users per Ray Data batch so that a chunk holds about CHUNK_EXAMPLES examples."""
+    return max(1, int(round(CHUNK_EXAMPLES / max(examples_per_user, 1.0))))
 
 
 def split_batches(chunk: dict[str, torch.Tensor], batch_size: int):
-    """A built chunk -> its consecutive batches of `batch_size` (views; the last may be shorter)."""
+    """A built chunk -> its consecutive batches of `batch_size` examples (views; the last may be shorter)."""
     for start in range(0, len(chunk[B.USER]), batch_size):
         yield {k: v[start:start + batch_size] for k, v in chunk.items()}
 
 
-class TrainBatchBuilder(NumpyBatchCollateFn):
-    """collate_fn for `iter_torch_batches`: samples -> a full training batch (see ray_recall.batch).
+def window_starts(m: np.ndarray, max_len: int, window: str,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train-part lengths m [K] -> (row [W], start [W], length [W]) of the all-position windows, by `window`:
 
-    Trainers call it on a chunk of several steps' samples (`chunk_size`) and cut the result into
-    batches (`split_batches`): one vectorized call, and one Ray Data batch, per chunk instead of per step.
-    Negatives are drawn fresh for every epoch, seeded by (seed, epoch, the chunk's first sample):
-    the same epoch of the same run draws the same negatives, whatever the worker count.
+    tile    every target once: windows of max_len inputs from the end back to the start (the first may be short);
+    last    the most recent window only (SASRec's original recipe);
+    random  one window per user, its start drawn uniformly (a fresh window every epoch).
+
+    A window (a, len) has inputs s[a:a+len] and targets s[a+1:a+len+1]; len <= max_len.
+    """
+    targets = np.maximum(m - 1, 0)  # positions 1..m-1 have a target
+    if window == "tile":
+        count = -(-targets // max_len)
+        row = np.repeat(np.arange(len(m)), count)
+        end = targets[row] - positions_within(count) * max_len  # the window's last target position
+        start = np.maximum(end - max_len, 0)
+        return row, start, end - start
+    if window not in ("last", "random"):
+        raise ValueError(f"window must be tile, last or random, got {window!r}")
+    row = np.flatnonzero(targets > 0)
+    last = np.maximum(targets[row] - max_len, 0)
+    start = last if window == "last" else np.floor(rng.random(len(row)) * (last + 1)).astype(np.int64)
+    return row, start, np.minimum(targets[row] - start, max_len)
+
+
+class SequenceBatchBuilder(ArrowBatchCollateFn):
+    """collate_fn for `iter_torch_batches` over sequence rows: a chunk of users -> their training examples.
+
+    targets: "per_prefix" or "all_positions"; window: how all-position windows are cut (`window_starts`).
+    Output keys (see ray_recall.batch): USER, HIST, HIST_LEN, HIST_TIME (when the rows carry times), POS
+    ([E] per prefix, [E, L] all positions), NEG [E, N].
     """
 
-    def __init__(self, seqs: SequenceTable, sampler: NegativeSampler, max_len: int, num_negatives: int, seed: int, epoch: int):
-        self.seqs, self.sampler = seqs, sampler
-        self.max_len, self.num_negatives = max_len, num_negatives
-        self.seed, self.epoch = seed, epoch
+    def __init__(self, sampler: NegativeSampler, max_len: int, num_negatives: int, seed: int, epoch: int,
+                 targets: str = "per_prefix", window: str = "tile"):
+        if targets not in ("per_prefix", "all_positions"):
+            raise ValueError(f"targets must be per_prefix or all_positions, got {targets!r}")
+        super().__init__()
+        self.sampler, self.max_len, self.num_negatives = sampler, max_len, num_negatives
+        self.seed, self.epoch, self.targets, self.window = seed, epoch, targets, window
 
-    def __call__(self, samples: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        users = samples["user_idx"].astype(np.int64)
-        pos = samples["pos"].astype(np.int64)
-        target = samples["target"].astype(np.int64)
-        rng = np.random.default_rng([self.seed, self.epoch, int(users[0]), int(pos[0]), len(users)])
-        hist, hist_len = self.seqs.windows(users, pos, self.max_len)
-        neg = self.sampler.sample(users, self.num_negatives, rng) if self.num_negatives else np.zeros((len(users), 0), np.int64)
-        return {
-            B.USER: torch.from_numpy(users),
-            B.HIST: torch.from_numpy(hist),
-            B.HIST_LEN: torch.from_numpy(hist_len),
-            B.POS: torch.from_numpy(target),
-            B.NEG: torch.from_numpy(neg),
-            B.POS_LOGQ: torch.from_numpy(self.sampler.log_probs[target].astype(np.float32)),
-        }
+    def __call__(self, rows: pa.Table) -> dict[str, torch.Tensor]:
+        users = rows.column("user_idx").to_numpy().astype(np.int64)
+        local = SequenceTable.of_rows(rows)  # indexed by row number within the chunk
+        m = np.maximum(np.diff(local.offsets) - 2, 0)  # train-part lengths
+        rng = np.random.default_rng([self.seed, self.epoch, int(users[0]) if len(users) else 0, len(users)])
+        row_of, idx = train_part(local.offsets)
+        own = self.sampler.positive_keys_of(users[row_of], local.items[idx])  # the rows' own train-part items
+        L = self.max_len
+        if self.targets == "per_prefix":
+            counts = np.maximum(m - 1, 0)
+            row = np.repeat(np.arange(len(users)), counts)
+            pos = positions_within(counts) + 1
+            hist, hist_len = local.windows(row, pos, L)
+            start = pos - hist_len
+            target = local.items[local.offsets[row] + pos].astype(np.int64)
+        else:
+            row, start, hist_len = window_starts(m, L, self.window, rng)
+            hist = local.slices(row, start, hist_len, L)
+            target = local.slices(row, start + 1, hist_len, L)
+        order = rng.permutation(len(row))
+        row, start, hist, hist_len, target = row[order], start[order], hist[order], hist_len[order], target[order]
+        out = {B.USER: torch.from_numpy(users[row]), B.HIST: torch.from_numpy(hist),
+               B.HIST_LEN: torch.from_numpy(hist_len.astype(np.int64)), B.POS: torch.from_numpy(target)}
+        if local.times is not None:
+            out[B.HIST_TIME] = torch.from_numpy(local.slices(row, start, hist_len, L, local.times))
+        if self.num_negatives:
+            out[B.NEG] = torch.from_numpy(self.sampler.sample(users[row], self.num_negatives, rng, own))
+        else:
+            out[B.NEG] = torch.zeros((len(row), 0), dtype=torch.int64)
+        return out
+
+
+def examples_per_user(meta: dict, targets: str, max_len: int, window: str) -> float:
+    """About how many examples one user row yields (to size the chunks)."""
+    users = max(meta["num_sequence_users"], 1)
+    samples = meta["samples"]["train"] / users
+    if targets == "per_prefix":
+        return samples
+    return max(1.0, samples / max_len + 1.0) if window == "tile" else 1.0

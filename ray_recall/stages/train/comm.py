@@ -73,3 +73,51 @@ def setup_grad_sync(ddp_model: torch.nn.Module, grad_sync: str) -> str:
     if grad_sync == "exchange":
         raise ConfigError(f"train.grad_sync='exchange' cannot apply to this run ({reason}); use 'allreduce' or 'auto'")
     return f"gradients averaged by DDP's all-reduce (train.grad_sync=auto: {reason})"
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather of a tensor's rows over the process group (ranks may hold different numbers of rows).
+
+    Backward sums every rank's gradient for this rank's rows (an all-reduce, then this rank's slice), so that
+    with DDP's gradient averaging the update equals that of the mean loss over the global batch.
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        sizes = torch.tensor([t.shape[0]], device=t.device)
+        every = [torch.zeros_like(sizes) for _ in range(world)]
+        dist.all_gather(every, sizes)
+        sizes = [int(s) for s in every]
+        most = max(sizes)
+        padded = t.new_zeros((most, *t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.sizes, ctx.rank, ctx.most = sizes, rank, most
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        sizes, rank, most = ctx.sizes, ctx.rank, ctx.most
+        padded = grad.new_zeros((len(sizes) * most, *grad.shape[1:]))
+        start = 0
+        for r, n in enumerate(sizes):
+            padded[r * most: r * most + n] = grad[start:start + n]
+            start += n
+        dist.all_reduce(padded)
+        return padded[rank * most: rank * most + sizes[rank]]
+
+
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` [n_r, ...] on every rank -> [sum n_r, ...] in rank order; differentiable for floating tensors."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    if t.is_floating_point():
+        return _GatherRows.apply(t)
+    with torch.no_grad():
+        return _GatherRows.forward(_NoCtx(), t)
+
+
+class _NoCtx:
+    """A stand-in autograd context for gathering integer tensors (ids), which carry no gradient."""

@@ -1,9 +1,9 @@
 """Training in the calling process, without Ray: the same batches, objective and optimizer as the Ray Train loop.
 
-For tests, notebooks and debugging on small data. It reads what `train.loop` reads from the run
-directory (schema, sequences, sampler counts, data/train samples), builds batches with the same
-`TrainBatchBuilder` and takes the loss from the same `train_step_loss`; only the data iteration
-differs (an in-memory numpy shuffle per epoch instead of a streamed Ray Data shard).
+For tests, notebooks, tuning and debugging on small data. It builds the same `Trainer` as the Ray
+Train loop (model, optimizer, item tables), the same batches from the same sequence rows and the
+same loss; only the data iteration differs (an in-memory shuffle of the rows per epoch instead of a
+streamed Ray Data shard).
 """
 
 from __future__ import annotations
@@ -13,18 +13,19 @@ import time
 import numpy as np
 import torch
 
-from ray_recall import batch as B
 from ray_recall.config import PipelineConfig
 from ray_recall.rundir import RunDir
-from ray_recall.stages.train.batches import TrainBatchBuilder, chunk_size, split_batches
-from ray_recall.stages.train.loop import optimizer_step, setup_training
+from ray_recall.stages.train.batches import split_batches
+from ray_recall.stages.train.loop import Trainer
 
 
-def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, log=None) -> torch.nn.Module:
-    """Train `cfg.model` on <run>/data/train for `epochs` (default cfg.train.epochs); returns the model in eval mode.
+def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, log=None,
+                   validate_each_epoch=None) -> torch.nn.Module:
+    """Train `cfg.model` on <run>/data/sequences for `epochs` (default cfg.train.epochs); returns the model in eval mode.
 
     Seeded by cfg.train.seed (init, shuffling, negatives), so a rerun gives the same model. `log`, if
-    given, receives one line per epoch. Nothing is written to the run directory.
+    given, receives one line per epoch; `validate_each_epoch(model) -> str`, if given, is called after each
+    epoch and its text logged. Nothing is written to the run directory.
     """
     tc = cfg.train
     if tc.num_threads:
@@ -32,22 +33,22 @@ def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, 
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
 
-    schema, seqs, sampler, model, optimizer = setup_training(cfg, run)
-
-    train = run.read_split("train")
-    samples = {c: train[c].to_numpy() for c in ("user_idx", "pos", "target")}
-    n = len(train)
+    trainer = Trainer(cfg, run)
+    model = trainer.model
+    rows = run.read_parquet("data", "sequences", columns=["user_idx", "items", "times", "length"])
     for epoch in range(tc.epochs if epochs is None else epochs):
         t0 = time.perf_counter()
         model.train()
-        builder = TrainBatchBuilder(seqs, sampler, schema.max_len, tc.num_negatives, tc.seed, epoch)
-        order = rng.permutation(n)
-        loss_sum = 0.0
-        chunk = chunk_size(tc.batch_size)
-        for i in range(0, n, chunk):
-            idx = order[i:i + chunk]
-            for batch in split_batches(builder({k: v[idx] for k, v in samples.items()}), tc.batch_size):
-                loss_sum += optimizer_step(model, optimizer, batch, tc) * len(batch[B.USER])
+        builder = trainer.builder(epoch)
+        order = rng.permutation(rows.num_rows)
+        loss_sum, targets_sum = 0.0, 0
+        for i in range(0, rows.num_rows, trainer.rows_per_chunk):
+            chunk = builder(rows.take(order[i:i + trainer.rows_per_chunk]))
+            for batch in split_batches(chunk, tc.batch_size):
+                loss, targets = trainer.step(model, batch)
+                loss_sum, targets_sum = loss_sum + loss * targets, targets_sum + targets
         if log is not None:
-            log(f"[train/local] epoch {epoch + 1}: loss {loss_sum / max(n, 1):.4f} ({time.perf_counter() - t0:.2f}s)")
+            extra = f"; {validate_each_epoch(model)}" if validate_each_epoch is not None else ""
+            log(f"[train/local] epoch {epoch + 1}: loss {loss_sum / max(targets_sum, 1):.4f}, {targets_sum:,} targets "
+                f"({time.perf_counter() - t0:.2f}s){extra}")
     return model.eval()

@@ -8,55 +8,94 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
 from ray_recall import batch as B
-from ray_recall.config import PipelineConfig
+from ray_recall.config import PipelineConfig, TrainConfig
+from ray_recall.errors import ConfigError
 from ray_recall.metrics import metrics_from_ranks
-from ray_recall.models import build_model
+from ray_recall.models import build_model, get_model_class
 from ray_recall.negatives import NegativeSampler
-from ray_recall.objectives import listwise_loss, pairwise_loss, pointwise_loss
 from ray_recall.ranking import embed_all_items, rank_targets
 from ray_recall.rundir import ModelFile, RunDir, read_checkpoint_dir, write_checkpoint_dir
-from ray_recall.stages.train.batches import TrainBatchBuilder, chunk_size, split_batches
-from ray_recall.stages.train.comm import setup_grad_sync
+from ray_recall.stages.train.batches import SequenceBatchBuilder, examples_per_user, rows_per_chunk, split_batches
+from ray_recall.stages.train.comm import gather_rows, setup_grad_sync
+from ray_recall.stages.train.step import ItemTables, batch_loss
 
 
-def train_step_loss(model, batch: dict, cfg) -> torch.Tensor:
-    """Objective (plus embedding L2) for one batch. `model` may be DDP-wrapped: its forward runs both towers."""
-    device_type = batch[B.USER].device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        user, pos, neg = model(batch)
-    user, pos, neg = user.float(), pos.float(), neg.float()  # the loss in fp32 either way
-    if cfg.mode == "listwise":
-        loss = listwise_loss(user, pos, neg, temperature=cfg.temperature, in_batch=cfg.in_batch_negatives,
-                             pos_ids=batch[B.POS], pos_logq=batch[B.POS_LOGQ] if cfg.in_batch_negatives else None)
-    else:
-        loss = (pointwise_loss if cfg.mode == "pointwise" else pairwise_loss)(user, pos, neg, temperature=cfg.temperature)
-    if cfg.embedding_l2 > 0:
-        loss = loss + cfg.embedding_l2 * (user.pow(2).sum() + pos.pow(2).sum() + neg.pow(2).sum()) / len(user)
-    return loss
+def resolve_targets(tc: TrainConfig, model_name: str) -> str:
+    """train.targets for this model: auto = all_positions for a causal model, per_prefix otherwise."""
+    causal = get_model_class(model_name).causal
+    if tc.targets == "auto":
+        return "all_positions" if causal else "per_prefix"
+    if tc.targets == "all_positions" and not causal:
+        raise ConfigError(f"train.targets='all_positions' needs a causal model (sasrec, gru4rec, hstu); "
+                          f"{model_name!r} is not: use per_prefix or auto")
+    return tc.targets
 
 
-def setup_training(cfg: PipelineConfig, run: RunDir):
-    """What every trainer loads from a run: (schema, sequences, negative sampler, fresh model, Adam optimizer)."""
-    tc = cfg.train
-    schema = run.read_schema()
-    seqs = run.read_sequences(schema.num_users)
-    sampler = NegativeSampler(run.read_item_counts(), tc.sampler, seqs.train_positive_keys(schema.num_items))
-    model = build_model(cfg.model.name, schema, cfg.model.embedding_dim, cfg.model.params)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    return schema, seqs, sampler, model, optimizer
+class Trainer:
+    """What a worker trains with: the model, its optimizer, the batch builder's settings and the item tables."""
+
+    def __init__(self, cfg: PipelineConfig, run: RunDir, device=None):
+        tc = self.tc = cfg.train
+        self.cfg = cfg
+        self.schema = run.read_schema()
+        self.meta = run.read_meta()
+        counts = run.read_item_counts()
+        self.sampler = NegativeSampler(counts, tc.sampler)  # positives rejected per batch, from the rows themselves
+        self.tables = ItemTables.build(self.sampler.probs, counts, device)
+        self.model = build_model(cfg.model.name, self.schema, cfg.model.embedding_dim, cfg.model.params)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.targets = resolve_targets(tc, cfg.model.name)
+        full = tc.mode == "listwise" and tc.softmax == "full"
+        self.num_negatives = 0 if full else tc.num_negatives
+        self.rows_per_chunk = rows_per_chunk(examples_per_user(self.meta, self.targets, self.schema.max_len, tc.window))
+
+    def builder(self, epoch: int) -> SequenceBatchBuilder:
+        return SequenceBatchBuilder(self.sampler, self.schema.max_len, self.num_negatives, self.tc.seed, epoch,
+                                    self.targets, self.tc.window)
+
+    def step(self, model, batch: dict, weight: float = 1.0, gather=None) -> tuple[float, int]:
+        """One gradient step (`model` may be DDP-wrapped); weight 0 = a step that only keeps DDP in step."""
+        loss, targets = batch_loss(model, batch, self.tc, self.tables, gather)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss * weight).backward()
+        self.optimizer.step()
+        return loss.item(), targets
 
 
-def optimizer_step(model, optimizer, batch: dict, cfg) -> float:
-    """One gradient step on `batch`; returns the batch loss."""
-    loss = train_step_loss(model, batch, cfg)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+def lockstep(chunks, batch_size: int, world: int):
+    """(batch, weight) from a stream of built chunks, the same number of steps on every worker.
+
+    Workers stream different users, so their chunks hold different numbers of examples. After each chunk
+    they agree (one small all-reduce) on the most batches any of them has; one with fewer repeats its last
+    batch with weight 0 (no update, but DDP's gradient all-reduce and the in-batch gather still meet).
+    Every example is used once per epoch on any number of workers.
+    """
+    it, last = iter(chunks), None
+    while True:
+        chunk = next(it, None)
+        batches = list(split_batches(chunk, batch_size)) if chunk is not None and len(chunk[B.USER]) else []
+        if world > 1:
+            agreed = torch.tensor([len(batches), int(chunk is not None)])
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+            n, more = int(agreed[0]), bool(agreed[1])
+        else:
+            n, more = len(batches), chunk is not None
+        if not more:
+            return
+        for i in range(n):
+            if i < len(batches):
+                last = batches[i]
+                yield last, 1.0
+            elif last is not None:
+                yield last, 0.0
+            else:
+                raise RuntimeError("a training worker received no user at all while others did: give the run more "
+                                   "users than train.num_workers")
 
 
 def validate(model, seqs, val: dict[str, np.ndarray], max_len: int, k: int) -> dict[str, float]:
@@ -86,8 +125,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     np.random.seed(tc.seed)
 
     _announce(run, rank)
-    schema, seqs, sampler, model, optimizer = setup_training(cfg, run)
-
+    trainer = Trainer(cfg, run)
     start_epoch, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and loop_config.get("resume_from"):
@@ -95,20 +133,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if ckpt:
         with ckpt.as_directory() as d:
             state = read_checkpoint_dir(d)
-        model.load_state_dict(state["model"].state_dict)
-        optimizer.load_state_dict(state["optimizer"])
+        trainer.model.load_state_dict(state["model"].state_dict)
+        trainer.optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
     # DDP when world > 1 (moved to the GPU when use_gpu). No buffer broadcast before every forward: the
     # models' buffers (feature code tables, fixed routing logits) never change while training.
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    model = ray.train.torch.prepare_model(trainer.model, parallel_strategy_kwargs={"broadcast_buffers": False})
     sync = setup_grad_sync(model, tc.grad_sync)  # small gradients on CPU are latency-bound: see comm.py
-    if rank == 0 and sync:
-        print(f"[train] {world} workers; {sync}", flush=True)
     device = ray.train.torch.get_device()
+    trainer.tables = trainer.tables.to(device)
     core = getattr(model, "module", model)
-
-    val = None
+    gather = gather_rows if world > 1 and tc.in_batch_negatives and tc.gather_negatives else None
     if rank == 0:
+        print(f"[train] {trainer.targets.replace('_', ' ')} training ({tc.mode}"
+              f"{', exact softmax' if trainer.num_negatives == 0 and tc.mode == 'listwise' else ''}); "
+              f"{world} worker(s){'; ' + sync if sync else ''}", flush=True)
+
+    val, seqs = None, None
+    if rank == 0:
+        seqs = run.read_sequences(trainer.schema.num_users)
         val_df = run.read_split("val")
         if len(val_df) > tc.val_max_users:
             val_df = val_df.sample(tc.val_max_users, random_state=tc.seed)
@@ -119,35 +162,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch, tc.epochs):
         t0, cpu0 = time.perf_counter(), time.process_time()
         model.train()
-        builder = TrainBatchBuilder(seqs, sampler, schema.max_len, tc.num_negatives, tc.seed, epoch)
-        loss_sum = torch.zeros(3, dtype=torch.float64)  # loss x samples, samples, this process's CPU seconds
-        # Ray Data hands over chunks of several steps' samples, built (windows, negatives) in its prefetch
+        loss_sum = torch.zeros(3, dtype=torch.float64)  # loss x targets, targets, this process's CPU seconds
+        # Ray Data hands over chunks of whole users, built into examples (windows, negatives) in its prefetch
         # thread and cut into this worker's batches here: Ray Data's per-batch cost is paid once a chunk.
-        chunk = chunk_size(per_worker_batch)
-        for samples in shard.iter_torch_batches(batch_size=chunk, collate_fn=builder, prefetch_batches=2,
-                                                local_shuffle_buffer_size=max(4 * chunk, 20_000),
-                                                local_shuffle_seed=tc.seed * 1000 + epoch * world + rank):
-            for batch in split_batches(samples, per_worker_batch):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                loss = optimizer_step(model, optimizer, batch, tc)
-                loss_sum[:2] += torch.tensor([loss * len(batch[B.USER]), len(batch[B.USER])], dtype=torch.float64)
+        chunks = shard.iter_torch_batches(batch_size=trainer.rows_per_chunk, collate_fn=trainer.builder(epoch),
+                                          prefetch_batches=2, local_shuffle_buffer_size=max(4 * trainer.rows_per_chunk, 256),
+                                          local_shuffle_seed=tc.seed * 1000 + epoch * world + rank)
+        for batch, weight in lockstep(chunks, per_worker_batch, world):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            loss, targets = trainer.step(model, batch, weight, gather)
+            if weight:
+                loss_sum[:2] += torch.tensor([loss * targets, targets], dtype=torch.float64)
         loss_sum[2] = time.process_time() - cpu0
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
         # cpu_seconds: user + system CPU of every worker process in the epoch (all its threads), summed.
+        # samples: training targets scored (per prefix: samples; all positions: positions with a next item).
         metrics = {"epoch": epoch, "loss": float(loss_sum[0] / max(loss_sum[1], 1)), "samples": int(loss_sum[1]),
                    "epoch_seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(float(loss_sum[2]), 3)}
         stop = torch.zeros(1)
         if rank == 0:
-            metrics.update(validate(core, seqs, val, schema.max_len, tc.val_k))
+            metrics.update(validate(core, seqs, val, trainer.schema.max_len, tc.val_k))
             history.append(metrics)
             stop[0] = float(_should_stop(history, tc))
             print(f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
                   f"{tc.selection_metric} {metrics[tc.selection_metric]:.4f} "
-                  f"({metrics['samples'] / metrics['epoch_seconds']:.0f} samples/s)"
+                  f"({metrics['samples'] / metrics['epoch_seconds']:.0f} targets/s)"
                   + (" - early stop" if stop[0] else ""), flush=True)
             with tempfile.TemporaryDirectory() as d:
-                write_checkpoint_dir(d, model_file(core, cfg), optimizer.state_dict(), epoch, history)
+                write_checkpoint_dir(d, model_file(core, cfg), trainer.optimizer.state_dict(), epoch, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -170,4 +213,3 @@ def _should_stop(history: list[dict], tc) -> bool:
         return False
     values = [h[tc.selection_metric] for h in history]
     return max(values[-tc.early_stopping_patience:]) <= max(values[:-tc.early_stopping_patience])
-

@@ -13,13 +13,13 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray_recall.config import PipelineConfig
 from ray_recall.errors import DataError
 from ray_recall.rundir import ModelFile, RunDir
-from ray_recall.stages.train.loop import train_loop_per_worker
+from ray_recall.stages.train.loop import resolve_targets, train_loop_per_worker
 from ray_recall.stages.train.report import format_history, training_curves_png
 
 
 # Training splits up to this share of the cluster's object store are read into it once per fit (see _train_dataset).
 _CACHE_FRACTION = 0.1
-_SAMPLE_BYTES = 16  # user_idx int64, pos int32, target int32 (data.sequences.SAMPLE_SCHEMA)
+_INTERACTION_BYTES = 12  # a sequence row's item (int32) and timestamp (float64)
 
 # How often Ray Train's controller polls its workers (Ray's default 2 s). Each state change of a fit
 # (workers started, running, finished) waits for a poll: on the tiny fits of tests and tuning a
@@ -74,7 +74,7 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
     if resume and start_from is None:
         log(f"[train] nothing to resume in {run.uri_of('checkpoints', name)}; training from scratch")
     t0 = time.perf_counter()
-    train_ds = _train_dataset(run, tc, meta["samples"]["train"])
+    train_ds = _train_dataset(run, tc, meta["num_interactions"])
     trainer = TorchTrainer(
         train_loop_per_worker,
         # Ray Train V2 has no resume_from_checkpoint: the loop loads `resume_from` itself when Ray Train
@@ -95,8 +95,11 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
         # decide every batch, instead of which background read or collate finishes first.
         dataset_config=ray.train.DataConfig(execution_options=_ordered()),
     )
-    log(f"[train] {cfg.model.name} ({tc.mode}, {tc.num_negatives} x {tc.sampler} negatives"
-        f"{', in-batch' if tc.in_batch_negatives else ''}) on {tc.num_workers} worker(s), {tc.epochs} epochs"
+    targets = resolve_targets(tc, cfg.model.name).replace("_", " ")
+    negatives = ("exact softmax over every item" if tc.mode == "listwise" and tc.softmax == "full" else
+                 f"{tc.num_negatives} x {tc.sampler} negatives" + (", in-batch" if tc.in_batch_negatives else ""))
+    log(f"[train] {cfg.model.name} ({targets}, {tc.mode}, {negatives}) on {tc.num_workers} worker(s), "
+        f"at most {tc.epochs} epochs"
         + (f", resuming from {start_from.path}" if start_from else ""))
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _HEALTH_CHECK_INTERVAL_S)
     result = trainer.fit()
@@ -124,17 +127,19 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
     return summary
 
 
-def _train_dataset(run: RunDir, tc, num_samples: int) -> ray.data.Dataset:
-    """The training samples in a seeded block order; read once into the object store when they are small.
+def _train_dataset(run: RunDir, tc, num_interactions: int) -> ray.data.Dataset:
+    """The users' sequence rows in a seeded block order; read once into the object store when they are small.
 
-    A streamed dataset is read from storage again every epoch: a new Ray Data execution (read
-    tasks, split coordinator) costing seconds per epoch on a small machine, which dominates epochs
-    of a few hundred thousand samples. A split that fits in `_CACHE_FRACTION` of the object store
-    is read once, in order, so every epoch sees the same blocks as a streamed one; larger splits
-    stream (nothing grows with the log but the object store, and only up to that bound).
+    Workers build their examples from these rows (stages/train/batches.py). A streamed dataset is
+    read from storage again every epoch: a new Ray Data execution (read tasks, split coordinator)
+    costing seconds per epoch on a small machine, which dominates short epochs. Sequences that fit in
+    `_CACHE_FRACTION` of the object store are read once, in order, so every epoch sees the same
+    blocks as a streamed one; larger ones stream (nothing grows with the log but the object store,
+    and only up to that bound).
     """
-    ds = ray.data.read_parquet(run.split_uri("train")).randomize_block_order(seed=tc.seed)
-    if num_samples * _SAMPLE_BYTES <= _CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0):
+    ds = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "times", "length"])
+    ds = ds.randomize_block_order(seed=tc.seed)
+    if num_interactions * _INTERACTION_BYTES <= _CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0):
         ds.context.execution_options.preserve_order = True  # block order as streamed: reproducible fits
         ds = ds.materialize()
     return ds

@@ -1,0 +1,101 @@
+"""One training step's loss: the model's two towers on a batch, scored by the configured objective.
+
+Per-prefix and all-position batches go through the same code: a per-prefix batch is the case of one
+target per row. Which loss (see ray_recall.objectives):
+
+    pointwise / pairwise     BCE / BPR against each row's sampled negatives
+    listwise, sampled        softmax against each row's sampled negatives (logQ-corrected), plus, with
+                             train.in_batch_negatives, every other target of the batch (of every worker's
+                             batch when train.gather_negatives), corrected by the mixture of both sources
+    listwise, full           the exact softmax over the whole catalog, in chunks
+
+logQ: a candidate j drawn n times from the negative sampler q_s and standing among C in-batch targets
+(which follow the data's item frequency q_d) is expected n q_s(j) + C q_d(j) times; its logit is
+lowered by the log of that (train.logq_correction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ray_recall import batch as B
+from ray_recall.config import TrainConfig
+from ray_recall.objectives import full_softmax_loss, pairwise_from_scores, pointwise_from_scores, softmax_from_scores
+
+
+@dataclass
+class ItemTables:
+    """Item-side tables the loss needs (the only global state a worker holds besides the model)."""
+
+    sampler_prob: torch.Tensor  # [num_items + 1] probability of each item under the negative sampler
+    data_prob: torch.Tensor  # [num_items + 1] each item's share of the training targets
+
+    @classmethod
+    def build(cls, sampler_probs: np.ndarray, train_counts: np.ndarray, device=None) -> "ItemTables":
+        counts = np.asarray(train_counts, dtype=np.float64)
+        return cls(torch.as_tensor(sampler_probs, dtype=torch.float32, device=device),
+                   torch.as_tensor(counts / max(counts.sum(), 1.0), dtype=torch.float32, device=device))
+
+    def to(self, device) -> "ItemTables":
+        return ItemTables(self.sampler_prob.to(device), self.data_prob.to(device))
+
+    def log_expected(self, ids: torch.Tensor, sampled: int, in_batch: int) -> torch.Tensor:
+        """log(sampled q_s(j) + in_batch q_d(j)) for item ids of any shape."""
+        expected = sampled * self.sampler_prob[ids] + in_batch * self.data_prob[ids]
+        return torch.log(expected.clamp(min=1e-30))
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor], tc: TrainConfig, tables: ItemTables,
+               gather=None) -> tuple[torch.Tensor, int]:
+    """(loss, targets scored) for one batch; `model` may be DDP-wrapped (its forward runs both towers).
+
+    `gather`: a function concatenating a tensor's rows over every DDP worker, differentiably
+    (stages/train/comm.py), for in-batch negatives across workers; None = this batch's own targets only.
+    """
+    full = tc.mode == "listwise" and tc.softmax == "full"
+    device_type = batch[B.HIST].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=tc.precision == "bf16"):
+        out = model(batch, all_items=full)
+    user, pos, neg = out["user"].float(), out["pos"].float(), out["neg"].float()  # the loss in fp32 either way
+    targets = batch[B.POS] if batch[B.POS].dim() == 2 else batch[B.POS][:, None]  # [E, T]
+    valid = targets > 0
+    u, p, tgt = user[valid], pos[valid], targets[valid]  # [M, D], [M, D], [M]
+    rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)[valid]  # [M]
+    T = tc.temperature
+    if full:
+        loss = full_softmax_loss(u, out["items"].float(), tgt, temperature=T)
+    else:
+        pos_s = (u * p).sum(-1)
+        neg_ids = batch[B.NEG][rows]  # [M, N]
+        neg_s = torch.einsum("etd,end->etn", user, neg)[valid] if neg.shape[1] else u.new_zeros(len(u), 0)
+        if tc.mode == "pointwise":
+            loss = pointwise_from_scores(pos_s, neg_s, temperature=T)
+        elif tc.mode == "pairwise":
+            loss = pairwise_from_scores(pos_s, neg_s, temperature=T)
+        else:
+            loss = softmax_from_scores(pos_s, _candidates(u, p, tgt, batch[B.USER][rows], neg_s, neg_ids, tc, tables,
+                                                          gather), temperature=T)
+    if tc.embedding_l2 > 0:
+        loss = loss + tc.embedding_l2 * (u.pow(2).sum() + p.pow(2).sum() + neg.pow(2).sum()) / max(len(u), 1)
+    return loss, int(valid.sum())
+
+
+def _candidates(u, p, tgt, users, neg_s, neg_ids, tc: TrainConfig, tables: ItemTables, gather) -> list:
+    """The list-wise candidate sets: (scores [M, C], logq, exclude) for the sampled and the in-batch negatives."""
+    n = neg_s.shape[1]
+    in_p, in_ids, in_users = p, tgt, users
+    if tc.in_batch_negatives and gather is not None:
+        in_p, in_ids, in_users = gather(p), gather(tgt), gather(users)
+    c = len(in_ids) if tc.in_batch_negatives else 0
+    sets = []
+    if n:
+        sets.append((neg_s, tables.log_expected(neg_ids, n, c) if tc.logq_correction else None, None))
+    if tc.in_batch_negatives:
+        # Never a row's own target, nor another target of the same user (one of its own positives).
+        exclude = (tgt[:, None] == in_ids[None, :]) | (users[:, None] == in_users[None, :])
+        logq = tables.log_expected(in_ids, n, c)[None, :] if tc.logq_correction else None
+        sets.append((u @ in_p.T, logq, exclude))
+    return sets
