@@ -108,9 +108,8 @@ def unmasked_ranks(cfg) -> dict:
     from ray_recall.rundir import RunDir
 
     run = RunDir(cfg.run_dir)
-    test = run.read_split("test")
-    ev = Evaluator(run.uri, mask_seen=False, batch_size=cfg.eval.batch_size)
-    out = ev({c: test[c].to_numpy().astype(np.int64) for c in ("user_idx", "pos", "target")})
+    ev = Evaluator(run.uri, mask_seen=False, batch_size=cfg.eval.batch_size, split="test")
+    out = ev(run.read_parquet("data", "sequences", columns=["user_idx", "items", "length"]))
     return {"model": out["rank_model"], "popularity": out["rank_popularity"]}
 
 

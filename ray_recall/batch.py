@@ -121,12 +121,25 @@ class SequenceTable:
         return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
 
 
-def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
-    """The user side of a batch: users [B] with their history before pos [B] (the last max_len items, and their
-    timestamps when the table has them)."""
+def split_targets(rows, split: str) -> tuple[SequenceTable, np.ndarray, np.ndarray, np.ndarray]:
+    """Sequence rows (a pyarrow table) -> (their table by row, dense user ids, positions, targets) of a held-out
+    split: "test" is each user's last item, "val" the one before; the history is everything before it."""
+    local = SequenceTable.of_rows(rows)
+    lengths = np.diff(local.offsets)
+    pos = lengths - (1 if split == "test" else 2)
+    users = rows.column("user_idx").to_numpy().astype(np.int64)
+    return local, users, pos, local.items[local.offsets[:-1] + pos].astype(np.int64)
+
+
+def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len: int,
+               user_ids: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """The user side of a batch: users [B] (rows of `seqs`) with their history before pos [B] (the last max_len
+    items, and their timestamps when the table has them). USER is `user_ids` [B] when `seqs` is indexed by
+    something else than the dense user id (a table of a batch's rows, `SequenceTable.of_rows`)."""
     users = np.array(users, dtype=np.int64)  # a copy: the caller's array may be read-only (pandas, Arrow)
     hist, hist_len = seqs.windows(users, pos, max_len)
-    out = {USER: torch.from_numpy(users), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(hist_len)}
+    ids = users if user_ids is None else np.array(user_ids, dtype=np.int64)
+    out = {USER: torch.from_numpy(ids), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(hist_len)}
     if seqs.times is not None:
         start = np.asarray(pos, dtype=np.int64) - hist_len
         out[HIST_TIME] = torch.from_numpy(seqs.slices(users, start, hist_len, max_len, seqs.times))

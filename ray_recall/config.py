@@ -303,6 +303,9 @@ class EvalConfig(_Section):
     """exclude the items the user interacted with before the target"""
     batch_size: PositiveInt = 512
     """users scored per batch"""
+    max_users: Optional[PositiveInt] = 100_000
+    """with more users than this, a seeded sample of about this many is evaluated (metrics.json gives the
+    standard errors); None = every user"""
 
     @field_validator("ks", mode="before")
     @classmethod

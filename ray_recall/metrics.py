@@ -50,6 +50,21 @@ def metrics_from_ranks(ranks: np.ndarray, ks) -> dict[str, float]:
     return out
 
 
+def standard_errors(ranks: np.ndarray, ks) -> dict[str, float]:
+    """The standard error of each metric of `metrics_from_ranks` (std of the per-user values / sqrt(users))."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    n = max(len(ranks), 1)
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = ranks < k
+        for name, per_user in (("recall", hit.astype(np.float64)),
+                               ("ndcg", np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)),
+                               ("mrr", np.where(hit, 1.0 / (ranks + 1.0), 0.0))):
+            out[f"{name}@{k}"] = float(per_user.std(ddof=1) / np.sqrt(n)) if len(ranks) > 1 else 0.0
+        out[f"hit_rate@{k}"] = out[f"recall@{k}"]
+    return out
+
+
 def format_table(rows: dict[str, dict[str, float]], ks) -> str:
     """A plain-text table: one row per method, one column per metric@K."""
     names = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg", "mrr")]

@@ -21,22 +21,74 @@ def embed_all_items(model, batch_size: int = 8192) -> torch.Tensor:
     return torch.cat([model.encode_item({B.ITEM: ids[i:i + batch_size]}) for i in range(0, len(ids), batch_size)])
 
 
+# Scores computed at a time when ranking (users x items of one block): bounds the memory whatever the catalog.
+MAX_SCORES = 1 << 22
+
+
 @torch.no_grad()
 def rank_targets(model, seqs: SequenceTable, item_vecs: torch.Tensor, users: np.ndarray, pos: np.ndarray,
                  targets: np.ndarray, max_len: int, mask_seen: bool = True, batch_size: int = 512,
-                 extra_scores: dict | None = None) -> dict[str, np.ndarray]:
+                 extra_scores: dict | None = None, user_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """0-based rank of each target among all items, users' history = their items before `pos`.
 
-    `extra_scores` maps a name to a fixed score vector [num_items] (e.g. popularity) ranked under the
-    same masking; returns {"model": ranks, name: ranks, ...}.
+    `users` index `seqs`; `user_ids` (default: `users`) are the dense ids the model sees. `extra_scores` maps a
+    name to a fixed score vector [num_items] (e.g. popularity) ranked under the same masking; returns
+    {"model": ranks, name: ranks, ...}. Items are scored in blocks of at most MAX_SCORES scores.
     """
+    user_ids = users if user_ids is None else user_ids
     out: dict[str, list] = {"model": [], **{k: [] for k in (extra_scores or {})}}
     for i in range(0, len(users), batch_size):
         u, p, t = users[i:i + batch_size], pos[i:i + batch_size], torch.tensor(targets[i:i + batch_size])
         seen = seqs.seen_before(u, p) if mask_seen else (None, None)
-        user = {k: v.to(item_vecs.device) for k, v in user_batch(seqs, u, p, max_len).items()}
-        scores = score_items(model.encode_user(user), item_vecs).cpu()
-        out["model"].append(target_ranks(scores, t, *seen).numpy())
+        batch = user_batch(seqs, u, p, max_len, user_ids[i:i + batch_size])
+        vecs = model.encode_user({k: v.to(item_vecs.device) for k, v in batch.items()})
+        out["model"].append(blocked_target_ranks(vecs, item_vecs, t, *seen).numpy())
         for name, vec in (extra_scores or {}).items():
             out[name].append(target_ranks(vec[None, :].expand(len(u), -1), t, *seen).numpy())
     return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
+
+
+def pair_scores(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+    """Row-wise scores: user_vecs [P, D] or [P, K, D] (best interest), item_vecs [P, D] -> [P]."""
+    if user_vecs.dim() == 3:
+        return torch.einsum("pkd,pd->pk", user_vecs, item_vecs).amax(1)
+    return (user_vecs * item_vecs).sum(-1)
+
+
+def blocked_target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: torch.Tensor, seen_rows=None,
+                         seen_items=None, max_scores: int = MAX_SCORES) -> torch.Tensor:
+    """`target_ranks(score_items(user_vecs, item_vecs), ...)`, exactly, over blocks of items.
+
+    The catalog is scored a block at a time (rows x block <= max_scores); each block adds the items that
+    beat the target. A seen item is then taken back if it beat the target, from its own score. The
+    target's score comes from its own product, which may differ from a block's in the last bits, so
+    scores within a relative 1e-6 of it count as ties (broken by item id, as unblocked).
+    """
+    n = item_vecs.shape[0]
+    block = max(1, max_scores // max(len(targets), 1))
+    if block >= n:
+        return target_ranks(score_items(user_vecs, item_vecs).cpu(), targets, seen_rows, seen_items)
+    t_col = targets.long() - 1
+    t_score = pair_scores(user_vecs, item_vecs[t_col]).cpu()[:, None]  # [B, 1]
+    tol = 1e-6 * t_score.abs().clamp(min=1.0)
+    above = torch.zeros(len(targets), dtype=torch.long)
+
+    def beats(scores, ids):
+        return ((scores > t_score + tol) | (((scores - t_score).abs() <= tol) & (ids < t_col[:, None]))) \
+            & (ids != t_col[:, None])
+
+    for s in range(0, n, block):
+        scores = score_items(user_vecs, item_vecs[s:s + block]).cpu()  # [B, c]
+        above += beats(scores, torch.arange(s, min(s + block, n))[None, :]).sum(1)
+    if seen_rows is not None and len(seen_rows):
+        sr, si = torch.as_tensor(seen_rows), torch.as_tensor(seen_items) - 1
+        s_score = pair_scores(user_vecs[sr], item_vecs[si]).cpu()
+        t_s, tl = t_score[sr, 0], tol[sr, 0]
+        beat = ((s_score > t_s + tl) | (((s_score - t_s).abs() <= tl) & (si < t_col[sr]))) & (si != t_col[sr])
+        # Each seen item once per row: a history may hold an item twice.
+        key = torch.unique(sr[beat] * (n + 1) + si[beat])
+        above -= torch.bincount(key // (n + 1), minlength=len(targets))
+        target_seen = torch.zeros(len(targets), dtype=torch.bool)
+        target_seen[sr[si == t_col[sr]]] = True
+        above = torch.where(target_seen, torch.full_like(above, n), above)
+    return above

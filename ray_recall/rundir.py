@@ -82,6 +82,17 @@ def user_partition(users: np.ndarray, num_partitions: int) -> np.ndarray:
     return (x % np.uint64(num_partitions)).astype(np.int64)
 
 
+def sample_users(users: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """[n] bool: whether each dense user falls in the seeded sample of about `fraction` of all users.
+
+    Decided by a hash of (user, seed) alone, so every process, batch or layout picks the same users.
+    """
+    if fraction >= 1.0:
+        return np.ones(len(users), dtype=bool)
+    buckets = 1 << 24
+    return user_partition(np.asarray(users, dtype=np.int64) * 1_000_003 + seed, buckets) < fraction * buckets
+
+
 @dataclass(frozen=True)
 class ModelFile:
     """A trained model as stored: enough to rebuild it (`ray_recall.models.build_from_file`) without the code that trained it."""
@@ -235,6 +246,25 @@ class RunDir(Storage):
         columns = ["user_idx", "items", "length"] + (["times"] if "times" in names else [])
         return SequenceTable.from_arrow(self.read_parquet("data", "sequences", columns=columns), num_users)
 
+    def read_sequence_sample(self, max_users: int, seed: int = 0) -> pa.Table:
+        """Sequence rows of a seeded sample of at most about `max_users` users (all of them if there are fewer).
+
+        Reads the partition files in name order until they hold enough of the sample: memory grows with
+        the sample, not with the log.
+        """
+        total = self.read_meta()["num_sequence_users"]
+        fraction = min(1.0, max_users / max(total, 1))
+        names = self.files("data", "sequences", suffix=".parquet")
+        parts, count = [], 0
+        for name in names:
+            rows = self.read_parquet("data", "sequences", name)
+            rows = rows.filter(pa.array(sample_users(rows.column("user_idx").to_numpy(), fraction, seed)))
+            parts.append(rows)
+            count += rows.num_rows
+            if count >= max_users:
+                break
+        return pa.concat_tables(parts)
+
     def split_uri(self, split: str) -> str:
         _check_split(split)
         return self.uri_of("data", split)
@@ -249,16 +279,8 @@ class RunDir(Storage):
         self.write_json(info, "train_workers", f"rank-{rank}.json")
 
     def read_worker_infos(self) -> dict[int, dict]:
-        if not self.exists("train_workers"):
-            return {}
-        import pyarrow.fs as pafs
-
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path("train_workers")))
-        out = {}
-        for i in infos:
-            if i.base_name.startswith("rank-") and i.base_name.endswith(".json"):
-                out[int(i.base_name[5:-5])] = self.read_json("train_workers", i.base_name)
-        return out
+        return {int(name[5:-5]): self.read_json("train_workers", name)
+                for name in self.files("train_workers", suffix=".json") if name.startswith("rank-")}
 
     def checkpoints_uri(self) -> str:
         return self.uri_of("checkpoints")

@@ -115,6 +115,13 @@ class Storage:
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
+    def files(self, *parts: str, suffix: str = "") -> list[str]:
+        """Names of the files directly under `parts` ending in `suffix`, sorted ([] if it does not exist)."""
+        if not self.exists(*parts):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+
     # ---- Parquet -----------------------------------------------------
     def write_parquet(self, table: pa.Table, *parts: str) -> None:
         sink = pa.BufferOutputStream()

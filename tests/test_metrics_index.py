@@ -93,3 +93,41 @@ def test_query_single_vector():
     index = VectorIndex(metric="angular").fit(items, np.array([10, 11, 12, 13]))
     ids, _ = index.query(np.array([0, 0, 1, 0.1], np.float32), n=2)
     assert ids.tolist() == [12, 13]
+
+
+def test_blocked_ranks_equal_unblocked_ones():
+    """Exact ranks over item blocks (bounded memory) equal the ranks over the whole score matrix, masking included."""
+    import numpy as np
+    import torch
+
+    from ray_recall.metrics import score_items, target_ranks
+    from ray_recall.ranking import blocked_target_ranks
+
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        for multi in (False, True):
+            users = torch.randn(7, 3, 4, generator=g) if multi else torch.randn(7, 4, generator=g)
+            items = torch.randn(53, 4, generator=g)
+            items[10] = items[11]  # an exact tie, broken by id
+            targets = torch.randint(1, 54, (7,), generator=g)
+            rows = np.array([0, 0, 1, 2, 2, 2, 5, 6, 6])  # a repeated seen item; row 2 has seen its own target
+            seen = np.array([3, 3, 9, int(targets[2]), 5, 40, 11, 12, 1])
+            want = target_ranks(score_items(users, items), targets, rows, seen)
+            assert want[2] == 53
+            for max_scores in (7, 14, 70):  # blocks of 1, 2 and 10 items
+                assert torch.equal(blocked_target_ranks(users, items, targets, rows, seen, max_scores), want)
+
+
+def test_standard_errors_of_the_metrics():
+    import numpy as np
+
+    from ray_recall.metrics import metrics_from_ranks, standard_errors
+
+    ranks = np.array([0, 3, 12, 1, 50, 7, 9, 2])
+    se = standard_errors(ranks, [10])
+    hits = (ranks < 10).astype(float)
+    assert se["recall@10"] == pytest.approx(hits.std(ddof=1) / np.sqrt(8))
+    assert se["hit_rate@10"] == se["recall@10"]
+    ndcg = np.where(ranks < 10, 1 / np.log2(ranks + 2), 0)
+    assert se["ndcg@10"] == pytest.approx(ndcg.std(ddof=1) / np.sqrt(8))
+    assert metrics_from_ranks(ranks, [10])["ndcg@10"] == pytest.approx(ndcg.mean())

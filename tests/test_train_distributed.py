@@ -90,3 +90,28 @@ def test_two_workers_match_one_worker(trained_run, data_copy):
     # 300-user planted data the validation Recall@10 of repeated 1-worker runs spreads by ~0.03.
     assert abs(two["val_recall@10"] - one["val_recall@10"]) <= 0.08, (two["val_recall@10"], one["val_recall@10"])
     assert two["history"][0]["samples"] == one["history"][0]["samples"]
+    # Each worker trained on its own users only: the two shards are disjoint and together every user.
+    run = RunDir(data_copy.run_dir)
+    shards = run.read_worker_infos()
+    assert set(shards) == {0, 1} and all(s["shard_users"] > 0 for s in shards.values())
+    rows = run.read_parquet("data", "sequences", columns=["user_idx", "length"])
+    users = rows.column("user_idx").to_numpy()[rows.column("length").to_numpy() >= 4]  # a train target at least
+    assert sum(s["shard_users"] for s in shards.values()) == len(users)
+    assert sum(s["shard_user_sum"] for s in shards.values()) == int(users.sum())
+    assert sum(s["shard_user_sq_sum"] for s in shards.values()) == int((users.astype(float) ** 2).sum())
+
+
+def test_a_worker_holds_nothing_that_grows_with_the_users(data_copy):
+    """The trainer's tables are item-side (sampler, item frequencies); users come with their rows."""
+    import numpy as np
+    import torch
+
+    from ray_recall.stages.train.loop import Trainer
+
+    run = RunDir(data_copy.run_dir)
+    trainer = Trainer(data_copy, run)
+    num_items = trainer.schema.num_items
+    assert len(trainer.sampler.positive_keys) == 0  # no global table of the users' positives
+    for name, value in {**vars(trainer), **vars(trainer.sampler), **vars(trainer.tables)}.items():
+        if isinstance(value, (np.ndarray, torch.Tensor)):
+            assert len(value) <= num_items + 1, (name, value.shape)

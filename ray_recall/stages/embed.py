@@ -2,7 +2,8 @@
 
 Written to <run>/embeddings/{items,users}/ as Parquet (id, embedding: fixed-size list of
 float32; multi-interest users store K*D values per row) plus embeddings/meta.json.
-User vectors use each user's whole known sequence: they are the vectors served online.
+User vectors use each user's whole known sequence: they are the vectors served online. The users'
+actors receive their sequence rows from Ray Data and hold nothing else of the log.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ray.data
 import torch
 
 from ray_recall import batch as B
-from ray_recall.batch import user_batch
+from ray_recall.batch import SequenceTable, user_batch
 from ray_recall.config import PipelineConfig
 from ray_recall.models import load_trained
 from ray_recall.rundir import RunDir
@@ -35,17 +36,18 @@ class Embedder:
         run = RunDir(run_uri)
         self.model, schema = load_trained(run)
         self.side = side
-        self.seqs = run.read_sequences(schema.num_users) if side == "user" else None
         self.max_len = schema.max_len
 
     @torch.no_grad()
-    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+    def __call__(self, batch: pa.Table) -> pa.Table:
         if self.side == "item":
-            ids = batch["item_idx"].astype(np.int64)
+            ids = batch.column("item_idx").to_numpy().astype(np.int64)
             vecs = self.model.encode_item({B.ITEM: torch.from_numpy(ids)})
             return _vectors_table("item_idx", ids, vecs.numpy())
-        ids = batch["user_idx"].astype(np.int64)
-        vecs = self.model.encode_user(user_batch(self.seqs, ids, self.seqs.length(ids), self.max_len))
+        local = SequenceTable.of_rows(batch)  # these users' sequences, by row
+        rows = np.arange(batch.num_rows)
+        ids = batch.column("user_idx").to_numpy().astype(np.int64)
+        vecs = self.model.encode_user(user_batch(local, rows, local.length(rows), self.max_len, ids))
         return _vectors_table("user_idx", ids, vecs.numpy())
 
 
@@ -57,10 +59,10 @@ def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     t0 = time.perf_counter()
     meta = run.read_meta()
     compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
-                   batch_size=4096, batch_format="numpy")
+                   batch_size=4096, batch_format="pyarrow")
     items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
         Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
-    users = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx"]).map_batches(
+    users = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "times", "length"]).map_batches(
         Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
     with run.staged_dir("embeddings") as tmp:
         items.write_parquet(run.embeddings_uri("items", at=tmp))

@@ -1,9 +1,14 @@
-"""The evaluation job: exact full ranking of every test user's held-out item, beside most-popular.
+"""The evaluation job: exact full ranking of each test user's held-out item, beside most-popular.
 
-Ray Data actors score each test user (history = everything before the test item)
-against every item vector the index was built from, mask previously seen items
-(switchable), and return the target's exact rank; the driver gathers one rank
-per user and computes Recall / HitRate / NDCG / MRR at every K.
+Ray Data streams the users' sequence rows to an actor pool; an actor cuts each row's target (test:
+the last item, validation: the one before) and history (everything before it), scores the target
+against every item vector the index was built from, in blocks of bounded memory, masks the items
+seen before it (switchable) and returns its exact rank. No actor holds more than its batch of users
+and the item vectors. The driver gathers one rank per user and computes Recall / HitRate / NDCG / MRR
+at every K, with their standard errors.
+
+With more users than `eval.max_users`, a seeded sample of about that many (by a hash of the user id,
+so the same users whatever the layout) is evaluated, and metrics.json says so.
 """
 
 from __future__ import annotations
@@ -11,56 +16,68 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
 import ray.data
 import torch
 
+from ray_recall.batch import split_targets
 from ray_recall.config import PipelineConfig
 from ray_recall.errors import DataError
-from ray_recall.metrics import format_table, metrics_from_ranks
+from ray_recall.metrics import format_table, metrics_from_ranks, standard_errors
 from ray_recall.models import load_trained
 from ray_recall.ranking import rank_targets
-from ray_recall.rundir import RunDir
+from ray_recall.rundir import RunDir, sample_users
 
 
 class Evaluator:
-    """Ray Data actor: test samples (user_idx, pos, target) -> exact ranks of the target for the model and popularity."""
+    """Ray Data actor: sequence rows -> exact ranks of each user's `split` target for the model and most-popular."""
 
-    def __init__(self, run_uri: str, mask_seen: bool, batch_size: int):
+    def __init__(self, run_uri: str, mask_seen: bool, batch_size: int, split: str = "test",
+                 sample_fraction: float = 1.0, seed: int = 0):
         torch.set_num_threads(1)
         run = RunDir(run_uri)
         self.model, schema = load_trained(run)
-        self.seqs = run.read_sequences(schema.num_users)
         ids, vecs = run.read_embeddings("items")
         if not np.array_equal(ids, np.arange(1, schema.num_items + 1)):
             raise DataError(f"{run.uri}: embeddings/items does not cover items 1..{schema.num_items}; re-run the embed stage")
         self.item_vecs = torch.from_numpy(vecs)
         self.popularity = torch.tensor(run.read_item_counts()[1:], dtype=torch.float32)
         self.max_len, self.mask_seen, self.batch_size = schema.max_len, mask_seen, batch_size
+        self.split, self.fraction, self.seed = split, sample_fraction, seed
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ranks = rank_targets(self.model, self.seqs, self.item_vecs, batch["user_idx"].astype(np.int64),
-                             batch["pos"].astype(np.int64), batch["target"].astype(np.int64), self.max_len,
-                             self.mask_seen, self.batch_size, extra_scores={"popularity": self.popularity})
-        return {"user_idx": batch["user_idx"], "rank_model": ranks["model"], "rank_popularity": ranks["popularity"]}
+    def __call__(self, rows: pa.Table) -> dict[str, np.ndarray]:
+        if self.fraction < 1.0:
+            rows = rows.filter(pa.array(sample_users(rows.column("user_idx").to_numpy(), self.fraction, self.seed)))
+        local, users, pos, targets = split_targets(rows, self.split)
+        ranks = rank_targets(self.model, local, self.item_vecs, np.arange(len(users)), pos, targets, self.max_len,
+                             self.mask_seen, self.batch_size, extra_scores={"popularity": self.popularity},
+                             user_ids=users)
+        return {"user_idx": users, "rank_model": ranks["model"], "rank_popularity": ranks["popularity"]}
 
 
 def evaluate(cfg: PipelineConfig, run: RunDir, split: str = "test", log=print) -> dict:
     """Metrics of the trained model and of most-popular on `split`; written to <run>/metrics.json."""
     t0 = time.perf_counter()
     ec = cfg.eval
-    ranked = ray.data.read_parquet(run.split_uri(split)).map_batches(
-        Evaluator, fn_constructor_kwargs={"run_uri": run.uri, "mask_seen": ec.mask_seen, "batch_size": ec.batch_size},
+    total = run.read_meta()["num_sequence_users"]
+    fraction = 1.0 if ec.max_users is None or total <= ec.max_users else ec.max_users / total
+    ranked = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "length"]).map_batches(
+        Evaluator, fn_constructor_kwargs={"run_uri": run.uri, "mask_seen": ec.mask_seen, "batch_size": ec.batch_size,
+                                          "split": split, "sample_fraction": fraction, "seed": cfg.train.seed},
         compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
-        batch_size=ec.batch_size * 4, batch_format="numpy",
+        batch_size=ec.batch_size * 4, batch_format="pyarrow",
     ).select_columns(["rank_model", "rank_popularity"]).to_pandas()  # one row per evaluated user
-    results = {
-        cfg.model.name: metrics_from_ranks(ranked["rank_model"].to_numpy(), ec.ks),
-        "most_popular": metrics_from_ranks(ranked["rank_popularity"].to_numpy(), ec.ks),
-    }
-    out = {"split": split, "num_users": len(ranked), "mask_seen": ec.mask_seen, "ks": list(ec.ks),
-           "model": cfg.model.name, "mode": cfg.train.mode, "metrics": results,
+    ranks = {cfg.model.name: ranked["rank_model"].to_numpy(), "most_popular": ranked["rank_popularity"].to_numpy()}
+    results = {name: metrics_from_ranks(r, ec.ks) for name, r in ranks.items()}
+    out = {"split": split, "num_users": len(ranked), "num_users_total": total, "sampled": fraction < 1.0,
+           "mask_seen": ec.mask_seen, "ks": list(ec.ks), "model": cfg.model.name, "mode": cfg.train.mode,
+           "metrics": results, "standard_errors": {name: standard_errors(r, ec.ks) for name, r in ranks.items()},
            "seconds": round(time.perf_counter() - t0, 2)}
     run.write_metrics(out, split)
-    log(f"[evaluate] {split}: {len(ranked):,} users, exact full ranking over all items, "
-        f"seen items {'masked' if ec.mask_seen else 'kept'} ({out['seconds']:.1f}s)\n" + format_table(results, ec.ks))
+    se = out["standard_errors"][cfg.model.name][f"recall@{ec.ks[0]}"]
+    who = (f"a seeded sample of {len(ranked):,} of {total:,} users (eval.max_users)" if fraction < 1.0
+           else f"{len(ranked):,} users")
+    log(f"[evaluate] {split}: {who}, exact full ranking over all items, seen items "
+        f"{'masked' if ec.mask_seen else 'kept'}; standard error of recall@{ec.ks[0]} {se:.4f} ({out['seconds']:.1f}s)\n"
+        + format_table(results, ec.ks))
     return out

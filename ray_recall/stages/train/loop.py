@@ -13,6 +13,7 @@ import torch.distributed as dist
 import ray.train
 import ray.train.torch
 from ray_recall import batch as B
+from ray_recall.batch import split_targets
 from ray_recall.config import PipelineConfig, TrainConfig
 from ray_recall.errors import ConfigError
 from ray_recall.metrics import metrics_from_ranks
@@ -98,10 +99,12 @@ def lockstep(chunks, batch_size: int, world: int):
                                    "users than train.num_workers")
 
 
-def validate(model, seqs, val: dict[str, np.ndarray], max_len: int, k: int) -> dict[str, float]:
+def validate(model, val_rows, max_len: int, k: int) -> dict[str, float]:
+    """Recall and NDCG at k of the validation targets of `val_rows` (sequence rows), exact full ranking."""
     model.eval()
-    item_vecs = embed_all_items(model)
-    ranks = rank_targets(model, seqs, item_vecs, val["user_idx"], val["pos"], val["target"], max_len)["model"]
+    local, users, pos, targets = split_targets(val_rows, "val")
+    ranks = rank_targets(model, local, embed_all_items(model), np.arange(len(users)), pos, targets, max_len,
+                         user_ids=users)["model"]
     model.train()
     m = metrics_from_ranks(ranks, [k])
     return {f"val_recall@{k}": m[f"recall@{k}"], f"val_ndcg@{k}": m[f"ndcg@{k}"]}
@@ -149,13 +152,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
               f"{', exact softmax' if trainer.num_negatives == 0 and tc.mode == 'listwise' else ''}); "
               f"{world} worker(s){'; ' + sync if sync else ''}", flush=True)
 
-    val, seqs = None, None
-    if rank == 0:
-        seqs = run.read_sequences(trainer.schema.num_users)
-        val_df = run.read_split("val")
-        if len(val_df) > tc.val_max_users:
-            val_df = val_df.sample(tc.val_max_users, random_state=tc.seed)
-        val = {c: val_df[c].to_numpy() for c in ("user_idx", "pos", "target")}
+    # Rank 0 validates on a seeded sample of at most val_max_users users, read from as few partition
+    # files as hold it: its memory follows the sample, not the log.
+    val = run.read_sequence_sample(tc.val_max_users, tc.seed) if rank == 0 else None
 
     shard = ray.train.get_dataset_shard("train")
     per_worker_batch = max(1, tc.batch_size // world)
@@ -163,6 +162,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         t0, cpu0 = time.perf_counter(), time.process_time()
         model.train()
         loss_sum = torch.zeros(3, dtype=torch.float64)  # loss x targets, targets, this process's CPU seconds
+        shard_users: list[np.ndarray] = []  # the users this worker trained on this epoch (a part of its shard)
         # Ray Data hands over chunks of whole users, built into examples (windows, negatives) in its prefetch
         # thread and cut into this worker's batches here: Ray Data's per-batch cost is paid once a chunk.
         chunks = shard.iter_torch_batches(batch_size=trainer.rows_per_chunk, collate_fn=trainer.builder(epoch),
@@ -173,7 +173,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             loss, targets = trainer.step(model, batch, weight, gather)
             if weight:
                 loss_sum[:2] += torch.tensor([loss * targets, targets], dtype=torch.float64)
+                if epoch == start_epoch:
+                    shard_users.append(np.unique(batch[B.USER].cpu().numpy()))
         loss_sum[2] = time.process_time() - cpu0
+        if epoch == start_epoch:
+            _record_shard(run, rank, shard_users)
         if world > 1:
             torch.distributed.all_reduce(loss_sum)
         # cpu_seconds: user + system CPU of every worker process in the epoch (all its threads), summed.
@@ -182,7 +186,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "epoch_seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(float(loss_sum[2]), 3)}
         stop = torch.zeros(1)
         if rank == 0:
-            metrics.update(validate(core, seqs, val, trainer.schema.max_len, tc.val_k))
+            metrics.update(validate(core, val, trainer.schema.max_len, tc.val_k))
             history.append(metrics)
             stop[0] = float(_should_stop(history, tc))
             print(f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
@@ -198,6 +202,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
             torch.distributed.broadcast(stop, src=0)
         if stop[0]:
             break
+
+
+def _record_shard(run: RunDir, rank: int, users: list[np.ndarray]) -> None:
+    """Add to this worker's train_workers/rank-R.json what users it trained on in its first epoch: how many, and
+    their sum and sum of squares (enough to tell that workers' users are disjoint and cover the data)."""
+    u = np.unique(np.concatenate(users)) if users else np.zeros(0, np.int64)
+    info = run.read_worker_infos().get(rank, {})
+    run.write_worker_info(rank, {**info, "shard_users": int(len(u)), "shard_user_sum": int(u.sum()),
+                                 "shard_user_sq_sum": int((u.astype(np.float64) ** 2).sum())})
 
 
 def model_file(model: torch.nn.Module, cfg: PipelineConfig) -> ModelFile:
