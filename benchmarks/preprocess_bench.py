@@ -95,28 +95,29 @@ NEGATIVES = 3
 
 
 def assemble_epoch(run_dir: str, out: str) -> None:
-    """One training worker's data work for one epoch, without a model (run in its own process)."""
-    import numpy as np
+    """One training worker's data work for one epoch, without a model (run in its own process): the per-prefix
+    samples of every user's sequence row, their windows and negatives, as the training stream builds them."""
+    import pyarrow.parquet as pq
 
     from ray_recall.negatives import NegativeSampler
     from ray_recall.rundir import RunDir
-    from ray_recall.stages.train.batches import TrainBatchBuilder
+    from ray_recall.stages.train.batches import SequenceBatchBuilder, rows_per_chunk
 
     run = RunDir(run_dir)
     t0 = time.perf_counter()
     meta = run.read_meta()
-    seqs = run.read_sequences(meta["num_users"])
-    counts = np.concatenate([[0], run.read_items()["count"].to_numpy()])
-    sampler = NegativeSampler(counts, "word2vec", seqs.train_positive_keys(meta["num_items"]))
-    samples = run.read_split("train")
+    sampler = NegativeSampler(run.read_item_counts(), "word2vec")  # item-side only: rows bring their positives
     setup = time.perf_counter() - t0
-    build = TrainBatchBuilder(seqs, sampler, meta["max_len"], NEGATIVES, seed=0, epoch=0)
-    cols = {c: samples[c].to_numpy() for c in ("user_idx", "pos", "target")}
+    build = SequenceBatchBuilder(sampler, meta["max_len"], NEGATIVES, seed=0, epoch=0, targets="per_prefix")
+    rows_per = rows_per_chunk(meta["samples"]["train"] / max(meta["num_sequence_users"], 1))
+    samples = 0
     t0 = time.perf_counter()
-    for lo in range(0, len(samples), BATCH):
-        build({c: v[lo:lo + BATCH] for c, v in cols.items()})
+    for name in run.files("data", "sequences", suffix=".parquet"):  # streamed a file at a time, as Ray Data reads them
+        rows = pq.read_table(run.path("data", "sequences", name), filesystem=run.fs)
+        for lo in range(0, rows.num_rows, rows_per):
+            samples += len(build(rows.slice(lo, rows_per))["user_id"])
     with open(out, "w") as f:
-        json.dump({"setup_seconds": setup, "epoch_seconds": time.perf_counter() - t0, "samples": len(samples)}, f)
+        json.dump({"setup_seconds": setup, "epoch_seconds": time.perf_counter() - t0, "samples": samples}, f)
 
 
 def measured(what: str, cmd: list[str], log_path: str, env: dict | None = None, out_json: str | None = None) -> dict:

@@ -90,3 +90,67 @@ def run_measured(cmd: list[str], env: dict | None = None, log_path: str | None =
             out.close()
     return {"rc": rc, "wall": time.perf_counter() - t0, "peak_tree": mem.peak_tree, "peak_root": mem.peak_root,
             "peak_procs": mem.peak_procs}
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _title(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+class ProcessPeaks:
+    """Samples a process tree in a thread: each process's peak RSS (VmHWM) and what it was (its title).
+
+    Ray names its worker processes by what they run (`ray::RayTrainWorker...`, `ray::MapWorker(...)`),
+    so the peaks can be reported per role. VmHWM is the kernel's own high-water mark: a process's peak
+    is exact even between samples, as long as one sample sees the process alive.
+    """
+
+    def __init__(self, root: int, interval: float = 0.5):
+        self.root, self.interval = root, interval
+        self.peak: dict[int, int] = {}  # pid -> peak RSS bytes
+        self.titles: dict[int, str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in tree(self.root):
+                hwm = _status_kib(pid, "VmHWM") * 1024
+                if hwm:
+                    self.peak[pid] = max(self.peak.get(pid, 0), hwm)
+                    title = _title(pid)
+                    if title and (pid not in self.titles or title.startswith("ray::")):
+                        self.titles[pid] = title
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "ProcessPeaks":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def by_role(self, roles: dict[str, str]) -> dict[str, list[int]]:
+        """{role: [peak RSS bytes of each process whose title contains the role's pattern]}; "driver" is the root."""
+        out: dict[str, list[int]] = {"driver": [self.peak.get(self.root, 0)]}
+        for pid, title in self.titles.items():
+            for role, pattern in roles.items():
+                if pid != self.root and pattern in title:
+                    out.setdefault(role, []).append(self.peak[pid])
+                    break
+        return out

@@ -134,16 +134,8 @@ def step_flops(model: str, targets: str, run_dir: str) -> float:
     return per_position + loss
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    ap.add_argument("--steps", type=int, default=30, help="in-process steps timed per recipe (after 3 of warm-up)")
-    ap.add_argument("--epochs", type=int, default=3, help="Ray Train epochs per recipe (the first is warm-up)")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="benchmarks/sequence.md")
-    args = ap.parse_args()
-    if args.quick:
-        args.steps, args.epochs = 5, 2
+def measure(models, steps: int, epochs: int, init_ray_cpus: int = 3) -> dict:
+    """Both recipes of every model, in process and on Ray Train; {(model, targets): figures}."""
     from ray_recall.config import PipelineConfig
     from ray_recall.rundir import RunDir
     from ray_recall.runtime import init_ray
@@ -154,32 +146,29 @@ def main() -> None:
     preprocess(PipelineConfig.from_yaml("configs/ml100k_sasrec.yaml").replace(run_dir=run_dir), RunDir(run_dir),
                log=lambda *_: None)
     results = {}
-    for m in args.models:
+    for m in models:
         for targets in ("per_prefix", "all_positions"):
-            r = in_process(m, targets, run_dir, args.steps)
+            r = in_process(m, targets, run_dir, steps)
             r["flops"] = step_flops(m, targets, run_dir)
             results[(m, targets)] = r
             print(f"[in-process] {m} {targets}: {r['targets_per_s']:,.0f} targets/s", flush=True)
-    init_ray(num_cpus=3, quiet=True)
-    for m in args.models:
+    init_ray(num_cpus=init_ray_cpus, quiet=True)
+    for m in models:
         for targets in ("per_prefix", "all_positions"):
-            results[(m, targets)]["ray"] = ray_train(m, targets, run_dir, args.epochs)
+            results[(m, targets)]["ray"] = ray_train(m, targets, run_dir, epochs)
             print(f"[ray train] {m} {targets}: {results[(m, targets)]['ray']['targets_per_s']:,.0f} targets/s", flush=True)
-    import ray
+    return results
 
-    ray.shutdown()
 
-    lines = ["# All-position against per-prefix training (SASRec, GRU4Rec, HSTU)", "",
-             f"Command: `{' '.join(shlex.quote(a) for a in ['.venv/bin/python', *sys.argv])}`", "",
-             f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
-             f"recorded {time.strftime('%Y-%m-%d %H:%M')}. MovieLens-100K, the shipped configs' model sizes and "
-             "negatives, list-wise sampled softmax both ways; one thread.", "",
-             "A *target* is one (history, next item) pair scored: a per-prefix sample, or one position of a window.", "",
-             "## Throughput per core", "",
+def report_lines(results: dict, models) -> list[str]:
+    """The Markdown sections of the comparison (no title)."""
+    lines = ["MovieLens-100K, the shipped configs' model sizes and negatives, list-wise sampled softmax both ways; "
+             "one thread. A *target* is one (history, next item) pair scored: a per-prefix sample, or one position "
+             "of a window.", "",
              "| model | training | batch | targets/s in process | targets/s, Ray Train (1 worker) | all / per prefix |",
              "|---|---|---:|---:|---:|---:|"]
     verdicts = []
-    for m in args.models:
+    for m in models:
         pp, ap_ = results[(m, "per_prefix")], results[(m, "all_positions")]
         for targets, r in (("per prefix", pp), ("all positions", ap_)):
             ratio = r["ray"]["targets_per_s"] / pp["ray"]["targets_per_s"]
@@ -187,11 +176,11 @@ def main() -> None:
                          f"| {r['targets_per_s']:,.0f} | {r['ray']['targets_per_s']:,.0f} | {ratio:.1f}x |")
         verdicts.append((m, ap_["ray"]["targets_per_s"] / pp["ray"]["targets_per_s"],
                          ap_["targets_per_s"] / pp["targets_per_s"]))
-    lines += ["", f"## Target: all positions >= {TARGET:.0f}x per prefix, targets per second per core", ""]
+    lines += ["", f"Target: all positions >= {TARGET:.0f}x per prefix, targets per second per core:", ""]
     for m, ray_ratio, local_ratio in verdicts:
         lines.append(f"- {m}: {ray_ratio:.1f}x on Ray Train ({local_ratio:.1f}x in process): "
                      f"{'met' if ray_ratio >= TARGET else '**missed**'}.")
-    lines += ["", "## Where a step's time goes (in process, seconds per 1,000 targets)", "",
+    lines += ["", "Where a step's time goes (in process, seconds per 1,000 targets):", "",
               "| model | training | data (batches, negatives) | encoder | loss | backward + Adam | forward multiply-adds "
               "per target | achieved GFLOP/s |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for (m, targets), r in results.items():
@@ -203,6 +192,27 @@ def main() -> None:
               "projections and attention, the GRU's gates) and of the sampled softmax; per prefix, the encoder "
               "runs over a whole history window for each target. Achieved GFLOP/s counts forward + backward as "
               "3x the forward products over the whole step time; one core of this machine peaks at a few tens.", ""]
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--steps", type=int, default=30, help="in-process steps timed per recipe (after 3 of warm-up)")
+    ap.add_argument("--epochs", type=int, default=3, help="Ray Train epochs per recipe (the first is warm-up)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="benchmarks/sequence.md")
+    args = ap.parse_args()
+    if args.quick:
+        args.steps, args.epochs = 5, 2
+    results = measure(args.models, args.steps, args.epochs)
+    import ray
+
+    ray.shutdown()
+    lines = ["# All-position against per-prefix training (SASRec, GRU4Rec, HSTU)", "",
+             f"Command: `{' '.join(shlex.quote(a) for a in ['.venv/bin/python', *sys.argv])}`", "",
+             f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
+             f"recorded {time.strftime('%Y-%m-%d %H:%M')}.", "", *report_lines(results, args.models)]
     write_report(args.out, lines, smoke="a few steps and 2 epochs" if args.quick else None)
 
 

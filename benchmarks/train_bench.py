@@ -307,7 +307,7 @@ def _peer_label(p: dict) -> str:
 
 
 def write_report(path: str, args, command: str, info: dict, peers: dict, ours: list[dict], local: dict,
-                 ray_init_s: float, data_s: float, params: dict, sync: dict) -> None:
+                 ray_init_s: float, data_s: float, params: dict, sync: dict, sequence: dict | None = None) -> None:
     import ray
     import torch
 
@@ -446,6 +446,11 @@ def write_report(path: str, args, command: str, info: dict, peers: dict, ours: l
         for a, b in pairs:
             sa, sb = a["steady"]["samples_per_s"], b["steady"]["samples_per_s"]
             lines.append(f"| {a['model']} | {a['workers']} | {sa:,.0f} | {sb:,.0f} | {sa / sb:.2f}x |")
+    if sequence:
+        from sequence_bench import MODELS as SEQ_MODELS, report_lines
+
+        lines += ["", "## Sequence models: all positions against per prefix", "",
+                  *report_lines(sequence, [m for m in SEQ_MODELS if (m, "per_prefix") in sequence])]
     lines += ["", "## Settings", "", "| model | trainer | objective | batch | towers | parameters |",
               "|---|---|---|---|---|---:|"]
     for m in MODELS:
@@ -503,6 +508,8 @@ def main() -> None:
     ap.add_argument("--no-weak-scaling", action="store_true",
                     help="leave out the multi-worker runs where each worker takes the whole batch")
     ap.add_argument("--skip-in-process", action="store_true", help="leave out the Ray-free reference runs")
+    ap.add_argument("--skip-sequence", action="store_true",
+                    help="leave out the all-position against per-prefix comparison of the causal models")
     ap.add_argument("--no-grad-sync", action="store_true",
                     help="leave out the multi-worker runs with train.grad_sync=allreduce beside the default (auto)")
     ap.add_argument("--out", default="benchmarks/train.md")
@@ -547,6 +554,11 @@ def main() -> None:
                 json.dump({"peers": peers, "ours": ours, "ray_init_s": ray_init_s, "data_s": data_s}, f, indent=1)
         if not args.skip_in_process:
             local[m] = run_in_process(m, args, run_dir, log)
+    sequence = None
+    if not args.skip_sequence:
+        from sequence_bench import MODELS as SEQ_MODELS, measure
+
+        sequence = measure(SEQ_MODELS, steps=5 if args.quick else 30, epochs=2 if args.quick else 3)
     import ray
 
     ray.shutdown()
@@ -555,7 +567,7 @@ def main() -> None:
         f"{m} all-reduce {r['all_reduce_us']:.0f} us, exchange {r['exchange_us']:.0f} us" for m, r in sync.items()))
     info["load_end"] = list(os.getloadavg())
     info["total_s"] = time.perf_counter() - t_all
-    write_report(args.out, args, command, info, peers, ours, local, ray_init_s, data_s, params, sync)
+    write_report(args.out, args, command, info, peers, ours, local, ray_init_s, data_s, params, sync, sequence)
     print(open(args.out).read())
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)

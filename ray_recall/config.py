@@ -209,6 +209,8 @@ class TrainConfig(_Section):
     with gradients), so N workers see the global batch's candidates"""
     epochs: PositiveInt = 10
     """passes over the training samples (the most, with early stopping)"""
+    max_steps: Optional[PositiveInt] = None
+    """at most this many optimizer steps per epoch (None = the whole epoch); for timing runs on large data"""
     batch_size: PositiveInt = 1024
     """global batch size; each of N workers takes batch_size / N"""
     lr: PositiveNumber = 1e-3
@@ -290,6 +292,9 @@ class IndexConfig(_Section):
     """ip (inner product) | cosine (normalize, then ip) | l2"""
     train_sample: PositiveInt = 100_000
     """vectors used to train IVF / PQ indexes"""
+    search_params: dict[StrictStr, Any] = Field(default_factory=dict)
+    """FAISS query-time parameters set when the index is built and loaded, e.g. {nprobe: 32} (IVF) or
+    {efSearch: 128} (HNSW)"""
 
 
 class EvalConfig(_Section):
@@ -303,7 +308,7 @@ class EvalConfig(_Section):
     """exclude the items the user interacted with before the target"""
     batch_size: PositiveInt = 512
     """users scored per batch"""
-    max_users: Optional[PositiveInt] = 100_000
+    max_users: Optional[PositiveInt] = 20_000
     """with more users than this, a seeded sample of about this many is evaluated (metrics.json gives the
     standard errors); None = every user"""
 

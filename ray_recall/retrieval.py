@@ -25,6 +25,7 @@ class VectorIndex:
         if metric not in _METRICS:
             raise ValueError(f"metric={metric!r} is unknown; choose one of {sorted(_METRICS) + sorted(_ALIASES)}")
         self.factory, self.metric, self.train_sample, self.seed = factory, metric, train_sample, seed
+        self.search_params: dict = {}
         self.index: faiss.Index | None = None
         self.ids: np.ndarray | None = None
 
@@ -56,7 +57,12 @@ class VectorIndex:
         """Query-time knobs, e.g. nprobe=16 (IVF) or efSearch=128 (HNSW)."""
         ps = faiss.ParameterSpace()
         for k, v in params.items():
-            ps.set_index_parameter(self.index, k, v)
+            try:
+                ps.set_index_parameter(self.index, k, v)
+            except RuntimeError as e:
+                raise ValueError(f"index search parameter {k}={v!r} does not apply to {self.factory!r}: "
+                                 f"{str(e).strip().splitlines()[0]}") from None
+        self.search_params.update(params)
 
     def search(self, queries: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """queries [B, D] -> (ids [B, n], scores [B, n]); missing results (n > size) have id -1."""
@@ -91,12 +97,15 @@ class VectorIndex:
 
     def save(self, run: RunDir, **info) -> None:
         """Into <run>/index/ (with `info` in its meta.json)."""
-        run.write_index(IndexFiles(self.to_bytes(), self.ids, self.factory, self.metric), **info)
+        run.write_index(IndexFiles(self.to_bytes(), self.ids, self.factory, self.metric, dict(self.search_params)), **info)
 
     @classmethod
     def load(cls, run: RunDir) -> "VectorIndex":
         files = run.read_index()
-        return cls.from_bytes(files.data, files.ids, files.factory, files.metric)
+        index = cls.from_bytes(files.data, files.ids, files.factory, files.metric)
+        if files.search_params:
+            index.set_search_params(**files.search_params)
+        return index
 
 
 def merge_interests(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

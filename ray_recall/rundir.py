@@ -122,6 +122,7 @@ class IndexFiles:
     ids: np.ndarray
     factory: str
     metric: str
+    search_params: dict = None  # FAISS query-time parameters to set on load
 
 
 def tensor_bytes(obj: dict) -> bytes:
@@ -355,15 +356,16 @@ class RunDir(Storage):
         with self.staged_dir("index") as tmp:
             self.write_bytes(files.data, tmp, "items.faiss")
             self.write_bytes(buf.getvalue(), tmp, "item_ids.npy")
-            self.write_json({"factory": files.factory, "metric": files.metric, "ntotal": len(files.ids), **info},
-                            tmp, "meta.json")
+            self.write_json({"factory": files.factory, "metric": files.metric, "ntotal": len(files.ids),
+                             "search_params": files.search_params or {}, **info}, tmp, "meta.json")
 
     def read_index(self) -> IndexFiles:
         if not self.exists("index", "meta.json"):
             raise DataError(f"{self.uri}: no index (index/meta.json); run the index stage first")
         meta = self.read_json("index", "meta.json")
         ids = np.load(io.BytesIO(self.read_bytes("index", "item_ids.npy")), allow_pickle=False)
-        return IndexFiles(self.read_bytes("index", "items.faiss"), ids, meta["factory"], meta["metric"])
+        return IndexFiles(self.read_bytes("index", "items.faiss"), ids, meta["factory"], meta["metric"],
+                          meta.get("search_params") or {})
 
     # ---- metrics ------------------------------------------------------------------------------
     def write_metrics(self, out: dict, split: str = "test") -> None:

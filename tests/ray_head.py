@@ -272,3 +272,28 @@ def stop_head(head: Head) -> None:
     if not left:
         shutil.rmtree(head.temp_dir, ignore_errors=True)
     assert not left, f"processes of the head in {head.temp_dir} still running: {left}"
+
+
+def add_node(head: Head, num_cpus: int = 2, timeout: float = 180) -> subprocess.Popen:
+    """Start a second node joining `head` (its own temp dir and ports, inside the head's temp dir so that
+    stop_head finds and stops its processes too); returns once the cluster counts it. Terminate it yourself."""
+    node_dir = Path(head.temp_dir) / f"node{len(head.alive_nodes()) + 1}"
+    node_dir.mkdir()
+    node_mgr, obj_mgr, metrics, agent_http, agent_grpc, env_agent = free_ports(6)
+    lo, hi = worker_port_range()
+    cmd = [RAY, "start", "--address", head.gcs_address, "--block", "--num-cpus", str(num_cpus), "--temp-dir",
+           str(node_dir), "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats",
+           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
+           "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
+           "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
+           "--min-worker-port", str(lo), "--max-worker-port", str(hi)]
+    before = len(head.alive_nodes())
+    node = subprocess.Popen(cmd, env=head.env, cwd=node_dir, stdout=open(node_dir / "node.log", "wb"),
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while len(head.alive_nodes()) <= before:
+        if node.poll() is not None or time.monotonic() > deadline:
+            node.terminate()
+            raise RuntimeError("the second node never joined:\n" + (node_dir / "node.log").read_text()[-3000:])
+        time.sleep(1)
+    return node

@@ -3,14 +3,11 @@ on different nodes, checkpoints on shared storage. (The single-node cluster path
 `serve deploy`, is tests/test_job_submit.py.)"""
 
 import json
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import tiny_config
-from tests.ray_head import RAY, free_ports, start_head, stop_head, worker_port_range
+from tests.ray_head import add_node, start_head, stop_head
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -23,28 +20,13 @@ def two_nodes():
     each take a whole CPU: with 1 CPU per node they would wait forever behind the workers.
     """
     head = start_head(num_cpus=2)
-    node_dir = Path(head.temp_dir) / "node2"
-    node_dir.mkdir()
-    node_mgr, obj_mgr, metrics, agent_http, agent_grpc, env_agent = free_ports(6)
-    lo, hi = worker_port_range()
-    cmd = [RAY, "start", "--address", head.gcs_address, "--block", "--num-cpus", "2", "--temp-dir", str(node_dir),
-           "--object-store-memory", str(300 * 1024**2), "--disable-usage-stats",
-           "--node-manager-port", str(node_mgr), "--object-manager-port", str(obj_mgr),
-           "--metrics-export-port", str(metrics), "--dashboard-agent-listen-port", str(agent_http),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
-           "--min-worker-port", str(lo), "--max-worker-port", str(hi)]
-    # cwd inside the head's temp dir: stop_head finds (and stops) this node's processes too.
-    node = subprocess.Popen(cmd, env=head.env, cwd=node_dir, stdout=open(node_dir / "node.log", "wb"),
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    node = None
     try:
-        deadline = time.monotonic() + 180
-        while len(head.alive_nodes()) < 2:
-            assert node.poll() is None, (node_dir / "node.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the second node never joined"
-            time.sleep(1)
+        node = add_node(head, num_cpus=2)
         yield head
     finally:
-        node.terminate()
+        if node is not None:
+            node.terminate()
         stop_head(head)
 
 

@@ -168,7 +168,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         chunks = shard.iter_torch_batches(batch_size=trainer.rows_per_chunk, collate_fn=trainer.builder(epoch),
                                           prefetch_batches=2, local_shuffle_buffer_size=max(4 * trainer.rows_per_chunk, 256),
                                           local_shuffle_seed=tc.seed * 1000 + epoch * world + rank)
-        for batch, weight in lockstep(chunks, per_worker_batch, world):
+        for step, (batch, weight) in enumerate(lockstep(chunks, per_worker_batch, world)):
+            if tc.max_steps is not None and step >= tc.max_steps:  # every worker stops at the same step
+                break
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss, targets = trainer.step(model, batch, weight, gather)
             if weight:
