@@ -231,3 +231,50 @@ def test_gathered_in_batch_negatives_equal_one_worker_on_the_global_batch(tmp_pa
         # DDP averages the workers' gradients: twice each rank's (the mean of two local means) is the global one.
         for local, full in zip(got[rank]["grads"], (user.grad, pos.grad, neg.grad)):
             torch.testing.assert_close(local / 2, full[lo:hi], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["sasrec", "dssm"])
+def test_sparse_id_tables_take_the_dense_adam_step_and_touch_only_used_rows(name):
+    """A first step of the lazy (sparse) Adam is dense Adam's (but where a gradient is about Adam's eps, which the
+    two place differently); later, rows no batch used stay as they were."""
+    from ray_recall.stages.train.loop import Optimizers
+
+    tc = TrainConfig(lr=0.01, num_negatives=5)
+    counts = np.ones(NUM_ITEMS + 1)
+    counts[0] = 0
+    tables = ItemTables.build(NegativeSampler(counts, "uniform").probs, counts)
+    window = _window(seed=5)
+    batch = window if name == "sasrec" else _prefixes(window)
+    dense_model, sparse_model = make_model(name, seed=0).eval(), make_model(name, seed=0).eval()
+    dense, sparse = Optimizers(dense_model, tc, None), Optimizers(sparse_model, tc, sparse_min_rows=NUM_ITEMS)
+    assert dense.sparse is None and sparse.sparse_rows >= NUM_ITEMS + 1
+    grads = {}
+    for model, opt in ((dense_model, dense), (sparse_model, sparse)):
+        loss, _ = batch_loss(model, batch, tc, tables)
+        opt.zero_grad()
+        loss.backward()
+        if model is dense_model:
+            grads = {n: p.grad.abs() for n, p in model.named_parameters()}
+        opt.step()
+    sparse_names = {n + ".weight" for n, m in sparse_model.named_modules() if isinstance(m, torch.nn.Embedding) and m.sparse}
+    for (k, a), b in zip(dense_model.state_dict().items(), sparse_model.state_dict().values()):
+        if k in sparse_names:
+            # SparseAdam adds eps before the bias correction (in effect 1/sqrt(1 - beta2) = 32x larger at step 1):
+            # where the gradient is clear of it (> 1e-3), the same update to 0.1% of the step (lr).
+            clear = grads[k] > 1e-3
+            assert clear.sum() > 100
+            torch.testing.assert_close(a[clear], b[clear], rtol=0, atol=1e-3 * tc.lr, msg=k)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=k)
+    # A second step on a batch that uses only some items: the other rows of the sparse table do not move.
+    table = next(m for m in sparse_model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse)
+    before = table.weight.detach().clone()
+    small = {k: v[:1] for k, v in batch.items()}
+    loss, _ = batch_loss(sparse_model, small, tc, tables)
+    sparse.zero_grad()
+    loss.backward()
+    sparse.step()
+    used = set(torch.cat([small[B.HIST].flatten(), small[B.POS].flatten(), small[B.NEG].flatten(),
+                          small[B.USER].flatten()]).tolist())
+    moved = torch.nonzero((table.weight.detach() != before).any(1)).flatten().tolist()
+    assert moved and set(moved) <= used | {0}

@@ -115,3 +115,14 @@ def test_a_worker_holds_nothing_that_grows_with_the_users(data_copy):
     for name, value in {**vars(trainer), **vars(trainer.sampler), **vars(trainer.tables)}.items():
         if isinstance(value, (np.ndarray, torch.Tensor)):
             assert len(value) <= num_items + 1, (name, value.shape)
+
+
+def test_two_workers_with_sparse_id_tables(data_copy):
+    """Sparse gradients for the id tables (lazy Adam) under DDP: the gradient exchange steps aside, training learns."""
+    lines = []
+    cfg = data_copy.replace(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.sparse_embeddings": "on",
+                               "train.epochs": 3})
+    summary = run_stage(cfg, "train", log=lines.append)
+    assert summary["val_recall@10"] > 0.2, summary["history"]
+    losses = [h["loss"] for h in summary["history"]]
+    assert losses[-1] < losses[0]

@@ -54,6 +54,7 @@ class RecallModel(nn.Module, metaclass=_ModelType):
 
     multi_interest: ClassVar[bool] = False
     causal: ClassVar[bool] = False
+    sparse_safe: ClassVar[bool] = True  # every id table is used through its module call, so it may be sparse
     modes: ClassVar[tuple[str, ...]] = MODES
     registry_name: ClassVar[str]  # set by @register_model
     spec: ModelSpec | None  # what built this model (set on construction; None for an unregistered class)

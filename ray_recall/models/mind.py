@@ -53,6 +53,7 @@ class MIND(RecallModel):
     """
 
     multi_interest = True
+    sparse_safe = False  # `behaviours` may map the item table's weight directly
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_interests: int = 4, routing_iterations: int = 3,
                  hidden_size: int = 0, dynamic_interests: bool = False, attention_power: float = 2.0,

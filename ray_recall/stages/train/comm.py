@@ -55,6 +55,8 @@ def exchange_unsuitable(model: torch.nn.Module) -> str | None:
     world = dist.get_world_size()
     if world & (world - 1):
         return f"{world} workers, not a power of two"
+    if any(getattr(m, "sparse", False) for m in model.modules()):
+        return "sparse gradients (id tables)"
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     if grad_bytes > SMALL_GRADIENT_BYTES:
         return f"{grad_bytes / 2**20:.1f} MiB of gradients, more than one DDP bucket"

@@ -37,6 +37,47 @@ def resolve_targets(tc: TrainConfig, model_name: str) -> str:
     return tc.targets
 
 
+SPARSE_MIN_ROWS = 100_000  # train.sparse_embeddings=auto: id tables at least this large get sparse gradients
+
+
+class Optimizers:
+    """Adam for the dense parameters, SparseAdam (lazy: only the rows a step touched) for sparse id tables."""
+
+    def __init__(self, model: torch.nn.Module, tc: TrainConfig, sparse_min_rows: int | None):
+        sparse = []
+        if sparse_min_rows is not None and getattr(model, "sparse_safe", False):
+            for module in model.modules():
+                if isinstance(module, torch.nn.Embedding) and module.num_embeddings >= sparse_min_rows:
+                    module.sparse = True
+                    sparse.append(module.weight)
+        ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self.dense = torch.optim.Adam(dense, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.sparse = torch.optim.SparseAdam(sparse, lr=tc.lr) if sparse else None
+        self.sparse_rows = sum(p.shape[0] for p in sparse)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        if self.sparse is not None:
+            self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict() if self.sparse else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "dense" not in state:  # a checkpoint from a single Adam
+            self.dense.load_state_dict(state)
+            return
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None and state.get("sparse") is not None:
+            self.sparse.load_state_dict(state["sparse"])
+
+
 class Trainer:
     """What a worker trains with: the model, its optimizer, the batch builder's settings and the item tables."""
 
@@ -49,7 +90,8 @@ class Trainer:
         self.sampler = NegativeSampler(counts, tc.sampler)  # positives rejected per batch, from the rows themselves
         self.tables = ItemTables.build(self.sampler.probs, counts, device)
         self.model = build_model(cfg.model.name, self.schema, cfg.model.embedding_dim, cfg.model.params)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        sparse_min = {"on": 1, "off": None}.get(tc.sparse_embeddings, None if tc.use_gpu else SPARSE_MIN_ROWS)
+        self.optimizer = Optimizers(self.model, tc, sparse_min)
         self.targets = resolve_targets(tc, cfg.model.name)
         full = tc.mode == "listwise" and tc.softmax == "full"
         self.num_negatives = 0 if full else tc.num_negatives
@@ -150,7 +192,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if rank == 0:
         print(f"[train] {trainer.targets.replace('_', ' ')} training ({tc.mode}"
               f"{', exact softmax' if trainer.num_negatives == 0 and tc.mode == 'listwise' else ''}); "
-              f"{world} worker(s){'; ' + sync if sync else ''}", flush=True)
+              f"{world} worker(s){'; ' + sync if sync else ''}"
+              + (f"; sparse id tables ({trainer.optimizer.sparse_rows:,} rows, lazy Adam)"
+                 if trainer.optimizer.sparse_rows else ""), flush=True)
 
     # Rank 0 validates on a seeded sample of at most val_max_users users, read from as few partition
     # files as hold it: its memory follows the sample, not the log.
