@@ -37,15 +37,42 @@ def rank_targets(model, seqs: SequenceTable, item_vecs: torch.Tensor, users: np.
     """
     user_ids = users if user_ids is None else user_ids
     out: dict[str, list] = {"model": [], **{k: [] for k in (extra_scores or {})}}
+    orders = {name: score_order(vec) for name, vec in (extra_scores or {}).items()}
     for i in range(0, len(users), batch_size):
         u, p, t = users[i:i + batch_size], pos[i:i + batch_size], torch.tensor(targets[i:i + batch_size])
         seen = seqs.seen_before(u, p) if mask_seen else (None, None)
         batch = user_batch(seqs, u, p, max_len, user_ids[i:i + batch_size])
         vecs = model.encode_user({k: v.to(item_vecs.device) for k, v in batch.items()})
         out["model"].append(blocked_target_ranks(vecs, item_vecs, t, *seen).numpy())
-        for name, vec in (extra_scores or {}).items():
-            out[name].append(target_ranks(vec[None, :].expand(len(u), -1), t, *seen).numpy())
+        for name, order in orders.items():
+            out[name].append(fixed_score_ranks(order, t, *seen).numpy())
     return {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in out.items()}
+
+
+def score_order(scores: torch.Tensor) -> torch.Tensor:
+    """A fixed score per item [N] -> each item's 0-based place in the ranking (higher score first, ties by id)."""
+    n = len(scores)
+    # Stable sort of -score keeps the lower id first among equal scores.
+    order = torch.sort(-scores.to(torch.float64), stable=True).indices
+    place = torch.empty(n, dtype=torch.long)
+    place[order] = torch.arange(n)
+    return place
+
+
+def fixed_score_ranks(place: torch.Tensor, targets: torch.Tensor, seen_rows=None, seen_items=None) -> torch.Tensor:
+    """`target_ranks` for one fixed score vector (e.g. popularity) given as `score_order`: exact, in O(seen) memory."""
+    n = len(place)
+    t_place = place[targets.long() - 1]
+    ranks = t_place.clone()
+    if seen_rows is not None and len(seen_rows):
+        sr, si = torch.as_tensor(seen_rows), torch.as_tensor(seen_items) - 1
+        before = place[si] < t_place[sr]
+        key = torch.unique(sr[before] * (n + 1) + si[before])  # each seen item once per row
+        ranks -= torch.bincount(key // (n + 1), minlength=len(targets))
+        target_seen = torch.zeros(len(targets), dtype=torch.bool)
+        target_seen[sr[si == targets.long()[sr] - 1]] = True
+        ranks = torch.where(target_seen, torch.full_like(ranks, n), ranks)
+    return ranks
 
 
 def pair_scores(user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:

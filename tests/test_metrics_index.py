@@ -131,3 +131,21 @@ def test_standard_errors_of_the_metrics():
     ndcg = np.where(ranks < 10, 1 / np.log2(ranks + 2), 0)
     assert se["ndcg@10"] == pytest.approx(ndcg.std(ddof=1) / np.sqrt(8))
     assert metrics_from_ranks(ranks, [10])["ndcg@10"] == pytest.approx(ndcg.mean())
+
+
+def test_fixed_score_ranks_equal_the_score_matrix_ranks():
+    """Most-popular's ranks from each item's place in the popularity order: the same as over a [B, N] matrix."""
+    import numpy as np
+    import torch
+
+    from ray_recall.metrics import target_ranks
+    from ray_recall.ranking import fixed_score_ranks, score_order
+
+    for seed in range(10):
+        g = torch.Generator().manual_seed(seed)
+        popularity = torch.randint(0, 5, (40,), generator=g).float()  # many ties
+        targets = torch.randint(1, 41, (6,), generator=g)
+        rows = np.array([0, 0, 1, 2, 3, 3, 5])
+        seen = np.array([4, 4, int(targets[1]), 7, 1, 2, 30])
+        want = target_ranks(popularity[None].expand(6, -1), targets, rows, seen)
+        assert torch.equal(fixed_score_ranks(score_order(popularity), targets, rows, seen), want)

@@ -59,7 +59,7 @@ def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     t0 = time.perf_counter()
     meta = run.read_meta()
     compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
-                   batch_size=4096, batch_format="pyarrow")
+                   batch_size=1024, batch_format="pyarrow")  # users carry their sequences: bounded batches
     items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
         Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
     users = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "times", "length"]).map_batches(
