@@ -103,10 +103,10 @@ def workload(recaller, n: int, seed: int = 0) -> dict[str, list[bytes]]:
 def noop_app(constant: dict, max_ongoing_requests: int):
     """A deployment with the real app's ingress (route, request and response models, replica CPUs) that
     answers every valid request with `constant`: the cost of HTTP, the proxy, routing and FastAPI alone."""
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
     from ray import serve
 
-    from ray_recall.serve.app import RecallDeployment, RecallRequest, RecallResponse
+    from ray_recall.serve.app import DEFAULT_LIMITS, RecallDeployment, RecallResponse, parse_request
 
     # Annotations are evaluated here (this module does not postpone them), so FastAPI sees the real models.
     api = FastAPI()
@@ -118,7 +118,8 @@ def noop_app(constant: dict, max_ongoing_requests: int):
             self.answer = answer
 
         @api.post("/recall", response_model=RecallResponse)
-        async def recall(self, req: RecallRequest) -> dict:
+        async def recall(self, request: Request) -> dict:
+            req = await parse_request(request, DEFAULT_LIMITS)  # the real app's bounded parse
             return {**self.answer, "user_id": req.user_id}
 
     return NoopRecall.bind(constant)

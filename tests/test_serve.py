@@ -156,3 +156,22 @@ def test_openapi_schema_describes_the_endpoint(endpoint):
     request_schema = spec["components"]["schemas"][body_ref.rsplit("/", 1)[-1]]
     assert {"user_id", "history", "k", "exclude_seen", "exclude"} <= set(request_schema["properties"])
     assert "422" in recall["responses"]
+
+
+def test_vocabulary_lookup_of_request_ids_is_bounded_and_exact():
+    """Request ids are normalized one by one to the vocabulary's type: no conversion of the whole vocabulary
+    (the cost of a 1M-character id used to be 4 bytes x its length x the vocabulary size), exact matches only."""
+    import numpy as np
+
+    from ray_recall.vocab import Vocabulary
+
+    ints = Vocabulary(np.arange(1, 1_000_001, dtype=np.int64) * 10, "item")
+    assert ints.encode([50, "50", "050", 2**63, -(2**70), "x" * 1_000_000, True, 10_000_000, 7]).tolist() == \
+        [5, 5, 0, 0, 0, 0, 0, 1_000_000, 0]
+    names = Vocabulary(np.array(sorted(f"item-{i}" for i in range(1000)), dtype=object), "item")
+    want = names.ids.tolist().index("item-7") + 1
+    assert names.encode(["item-7", "x" * 1_000_000, 7, None, 1.5]).tolist() == [want, 0, 0, 0, 0]
+    digits = Vocabulary(np.array(["10", "7"], dtype=object), "item")
+    assert digits.encode([7, 10, "7"]).tolist() == [2, 1, 2]  # 7 names the item "7"
+    fixed = Vocabulary(np.array(["ab", "cd"]), "item")  # fixed-width: longer values cannot match
+    assert fixed.encode(["cd", "cdx" * 1000, "ab"]).tolist() == [2, 0, 1]

@@ -342,6 +342,17 @@ def _bad_cases():
         ("unknown-user-mi", "/mi", lambda u, i: {"user_id": 987654321}, 404, "987654321"),
         ("malformed-json", "", lambda u, i: b'{"history": [1, 2', 422, "json_invalid"),
         ("body-is-list", "", lambda u, i: [i[0]], 422, '"body"'),
+        # Hostile requests: each a 4xx saying what is wrong, never a 500, and never a silent wrong answer.
+        ("k-nan", "", lambda u, i: b'{"user_id": 1, "k": NaN}', 422, '"k"'),
+        ("user-infinity", "", lambda u, i: b'{"user_id": Infinity, "k": 3}', 422, "not float"),
+        ("history-nan", "", lambda u, i: b'{"history": [NaN], "k": 3}', 422, "not float"),
+        ("history-huge-int", "", lambda u, i: {"history": [2**63, *i[:2]], "k": 3}, 422, "[-2**63, 2**63 - 1]"),
+        ("exclude-huge-int", "", lambda u, i: {"user_id": u[0], "exclude": [*i[:2], 2**64]}, 422, "[-2**63, 2**63 - 1]"),
+        ("user-long-string", "", lambda u, i: {"user_id": "x" * 1_000_000, "k": 3}, 422, "at most 256 characters"),
+        ("history-long-string", "", lambda u, i: {"history": [i[0], "y" * 300_000]}, 422, "at most 256 characters"),
+        ("bad-utf8", "", lambda u, i: b'{"user_id": "\xff\xfe", "k": 3}', 422, "json_invalid"),
+        ("deep-nesting", "", lambda u, i: b'{"history": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 422, "recursion limit"),
+        ("body-too-large", "", lambda u, i: {"user_id": u[0], "exclude": ["z" * 200] * 6000}, 413, "at most 1048576"),
     ]
 
 
@@ -353,12 +364,77 @@ def test_bad_input_is_4xx_with_a_message(url, runs, route, make, status, text):
         r = requests.post(f"{url}{route}/recall", data=body, headers={"content-type": "application/json"}, timeout=60)
     else:
         r = _post(url, body, route)
-    assert r.status_code == status, r.text
+    assert r.status_code == status, r.text[:2000]
     detail = r.json()["detail"]
     assert detail
     if isinstance(detail, list):  # FastAPI's validation shape, for the endpoint's own 422s too
         assert all(d["msg"] and d["loc"] for d in detail)
     assert text in json.dumps(detail), detail
+    assert len(r.content) < 4000, f"the reply echoes the request: {len(r.content)} bytes"
+
+
+def test_a_huge_integer_does_not_hide_the_other_items(url, runs):
+    """Before, one id >= 2**63 made numpy compare the whole history as strings: now the ids are checked one by one,
+    and the same history without it is answered (as the history of its known items)."""
+    users, items = _ids(runs["main"])
+    ok = _post(url, {"history": items[:2], "k": 3})
+    assert ok.status_code == 200 and len(ok.json()["items"]) == 3, ok.text
+    r = _post(url, {"history": [str(items[0]), items[1]], "k": 3})  # "50" names item 50, as before
+    assert r.status_code == 200 and r.json()["items"] == ok.json()["items"], r.text
+
+
+def test_wrong_content_type_is_415(url):
+    r = requests.post(f"{url}/recall", data=b'{"user_id": 1}', headers={"content-type": "text/plain"}, timeout=30)
+    assert r.status_code == 415 and "application/json" in r.json()["detail"], r.text
+    r = requests.post(f"{url}/recall", data=b"user_id=1", timeout=30)  # no content type at all
+    assert r.status_code == 415, r.text
+
+
+def _replica_peak_rss(app: str) -> int:
+    """Peak RSS (bytes, VmHWM) of the app's one replica process on this machine."""
+    from ray._private.state import actors
+
+    (pid,) = [a["Pid"] for a in actors().values()
+              if a["ActorClassName"] == f"ServeReplica:{app}:RecallDeployment" and a["State"] == "ALIVE"]
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def test_fuzzed_requests_get_an_answer_or_a_4xx(url, runs):
+    """Hypothesis draws bodies around the request schema (every field, wrong types, NaN, huge and negative
+    integers, long and odd strings, nested lists, extra keys, raw bytes): never a 5xx, a 200 always matches the
+    response model, a 4xx always says why, and the replica's peak memory stays where it was."""
+    from hypothesis import HealthCheck, given, settings, strategies as st
+
+    from ray_recall.serve.app import RecallResponse
+
+    users, items = _ids(runs["main"])
+    ids = st.one_of(st.sampled_from(users + items), st.integers(min_value=-(2**70), max_value=2**70),
+                    st.text(max_size=300), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.none(),
+                    st.lists(st.integers(), max_size=2))
+    body = st.fixed_dictionaries({}, optional={
+        "user_id": ids, "history": st.one_of(st.lists(ids, max_size=60), ids),
+        "k": st.one_of(st.integers(min_value=-5, max_value=2000), st.floats(allow_nan=True), st.text(max_size=5)),
+        "exclude_seen": st.one_of(st.booleans(), st.integers(), st.none()),
+        "exclude": st.one_of(st.lists(ids, max_size=60), ids), "topk": st.integers()})
+    raw = st.one_of(body.map(lambda b: json.dumps(b).encode()), st.binary(max_size=300))
+    before = _replica_peak_rss("rr_main")
+    seen = {}
+
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(raw)
+    def check(payload: bytes):
+        r = requests.post(f"{url}/recall", data=payload, headers={"content-type": "application/json"}, timeout=60)
+        seen[r.status_code] = seen.get(r.status_code, 0) + 1
+        assert r.status_code in (200, 404, 422), (r.status_code, payload[:200], r.text[:500])
+        if r.status_code == 200:
+            RecallResponse.model_validate(r.json())
+        else:
+            assert r.json()["detail"], r.text
+
+    check()
+    assert seen.get(200, 0) + seen.get(404, 0) > 0 and seen.get(422, 0) > 0, seen  # both kinds were reached
+    assert _replica_peak_rss("rr_main") - before < 200 * 2**20, "the fuzzed requests raised the replica's peak memory"
 
 
 def _switch(url, config, run_dir, done, what, timeout=90) -> dict:

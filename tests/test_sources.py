@@ -90,11 +90,12 @@ def _log(n_users=6, per_user=5):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_table_with_column_mapping_and_inline_features(tmp_path, fmt, stage):
+def test_table_with_column_mapping_and_inline_features(tmp_path, fmt):
+    # In this process; test_in_process_path_writes_what_ray_data_writes shows Ray Data writes the same files.
     df = _log()
     path = tmp_path / f"log.{fmt}"
     df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
-    cfg = _table_cfg(tmp_path, path, stage, user_col="uid", item_col="iid", time_col="ts", user_feature_cols=["segment"],
+    cfg = _table_cfg(tmp_path, path, user_col="uid", item_col="iid", time_col="ts", user_feature_cols=["segment"],
                      item_feature_cols=["tags"], multi_value_cols=["tags"])
     run = RunDir(cfg.run_dir)
     meta = preprocess(cfg, run, log=lambda *_: None)
@@ -179,10 +180,11 @@ def test_missing_file(tmp_path):
     _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nope.parquet"), "nope.parquet")
 
 
-def test_short_users_are_dropped_and_counted(tmp_path, stage):
+def test_short_users_are_dropped_and_counted(tmp_path):
+    # In this process; the Ray Data path drops and counts the same users (test_in_process_path_writes_what_ray_data_writes).
     df = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "item_id": [1, 2, 3, 1, 2], "timestamp": [1, 2, 3, 1, 2]})
     df.to_parquet(tmp_path / "log.parquet")
-    cfg = _table_cfg(tmp_path, tmp_path / "log.parquet", stage)
+    cfg = _table_cfg(tmp_path, tmp_path / "log.parquet")
     run = RunDir(cfg.run_dir)
     meta = preprocess(cfg, run, log=lambda *_: None)
     assert meta["dropped_users"] == 1 and meta["num_sequence_users"] == 1
@@ -199,9 +201,10 @@ def _log_with_duplicates(tmp_path):
     return df, path
 
 
-def test_duplicate_rows_dropped_and_counted(tmp_path, stage):
+def test_duplicate_rows_dropped_and_counted(tmp_path):
+    # In this process; the Ray Data path drops the same rows (test_in_process_path_writes_what_ray_data_writes).
     df, path = _log_with_duplicates(tmp_path)
-    cfg = _table_cfg(tmp_path, path, stage)
+    cfg = _table_cfg(tmp_path, path)
     lines = []
     meta = preprocess(cfg, RunDir(cfg.run_dir), log=lines.append)
     assert meta["duplicate_rows_dropped"] == 3 and meta["duplicates"] == "drop"
@@ -261,24 +264,30 @@ def _stage_files(run_root) -> dict:
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_in_process_path_writes_what_ray_data_writes(tmp_path, fmt):
     """A small log prepared in this process gives the files Ray Data gives, file for file and row for row
-    (string ids, ties, duplicates, short users, several partitions): training then sees the same batches."""
+    (string ids, ties, duplicates, short users, several partitions, inline user and multi-valued item
+    features): training then sees the same batches."""
     rng = np.random.default_rng(3)
     n = 3000
     df = pd.DataFrame({"uid": [f"user-{u}" for u in rng.integers(0, 180, n)], "iid": rng.integers(0, 90, n),
                        "ts": rng.integers(0, 40, n)})  # few timestamps: many ties
     short = pd.DataFrame({"uid": ["short-1", "short-1", "short-2"], "iid": [1, 2, 3], "ts": [5, 6, 7]})
     df = pd.concat([df, df.iloc[:25], short])  # duplicate rows, users with too few interactions
+    df["segment"] = ["g" + str(len(u) % 3) for u in df["uid"]]
+    df["tags"] = [f"c{i % 4}|x{i % 3}" for i in df["iid"]]
     path = tmp_path / f"log.{fmt}"
     df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
     written, lines = {}, []
     for stage in ("ray_data", "in_process"):
-        cfg = _table_cfg(tmp_path / stage, path, stage, user_col="uid", item_col="iid", time_col="ts", num_partitions=5)
+        cfg = _table_cfg(tmp_path / stage, path, stage, user_col="uid", item_col="iid", time_col="ts", num_partitions=5,
+                         user_feature_cols=["segment"], item_feature_cols=["tags"], multi_value_cols=["tags"])
         preprocess(cfg, RunDir(cfg.run_dir), log=lines.append)
         written[stage] = _stage_files(tmp_path / stage / "run")
     assert any("in this process" in line for line in lines) and not all("in this process" in line for line in lines)
     ray_data, in_process = written["ray_data"], written["in_process"]
     assert ray_data["meta"] == in_process["meta"]
     assert ray_data["meta"]["duplicate_rows_dropped"] >= 25 and ray_data["meta"]["dropped_users"] > 0
+    assert set(ray_data["meta"]["item_features"]["tags"]["values"]) == {"c0", "c1", "c2", "c3", "x0", "x1", "x2"}
+    assert set(ray_data["meta"]["user_features"]["segment"]["values"]) == {"g0", "g1", "g2"}
     assert len(ray_data["sequences"]) == 5
     for key in ray_data:
         if key == "meta":

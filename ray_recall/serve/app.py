@@ -5,7 +5,8 @@
                    -> 200 {"user_id": 1 | null, "items": [{"item_id": 50, "score": 0.93, "title": "..."}, ...],
                            "unknown_items": [...], "batch_size": 3}
                    -> 404 {"detail": "unknown user_id 123: not in this run's users"}
-                   -> 422 {"detail": [{"type": ..., "loc": [...], "msg": ..., "input": ...}, ...]}  (bad body or query)
+                   -> 422 {"detail": [{"type": ..., "loc": [...], "msg": ..., "input": <short prefix>}, ...]}
+                          (bad body or query); 413 past max_body_bytes; 415 unless the body is application/json
     GET  /healthz  -> 200 {"status": "ok", "run": ..., "model": ..., "index": ..., "items": ..., "users": ..., ...}
 
 Concurrent requests are answered in batches (`@serve.batch`): one user-tower pass over the batch's
@@ -15,6 +16,10 @@ whose `user_config.run_dir` changed) makes every replica load the new run comple
 requests in flight finish on the old one, none fails. A run that fails to load is never swapped in
 (healthz then shows `reload_error`).
 
+Every request is bounded before any work: the body is read up to `max_body_bytes`, parsed once by
+pydantic-core (NaN, Infinity, bad UTF-8 and deep nesting are 422s), and each id checked (int64 or
+at most `max_id_length` characters) and looked up on its own, never by converting the vocabulary.
+
 Start it with `ray-recall serve --run-dir runs/x`, `python jobs/serve.py --run-dir runs/x`,
 `serve run ray_recall.serve.app:app_builder run_dir=runs/x`, or a Serve config file whose
 `import_path` is `ray_recall.serve.app:app_builder` with `args: {run_dir: ..., replicas: ...}` (see `ServeSettings`).
@@ -23,23 +28,26 @@ Start it with `ray-recall serve --run-dir runs/x`, `python jobs/serve.py --run-d
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import threading
-from typing import Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
+from fastapi.responses import JSONResponse
+from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, ValidationError,
+                      ValidationInfo, WithJsonSchema, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
 from ray import serve
 
 from ray_recall.runtime import init_ray
 from ray_recall.serve.recaller import InvalidQueryError, Query, Recaller, UnknownUserError
 
 APP_NAME = "ray_recall"
-MAX_K = 1000
-MAX_EXCLUDE = 10_000
-
+INT64 = (-(2**63), 2**63 - 1)
+ECHO_CHARS = 80  # an error reply shows at most this much of the offending input
 
 class ServeSettings(BaseModel):
     """The endpoint's build arguments (`app_builder` / `build_app`), defaults and checks in one place.
@@ -63,6 +71,16 @@ class ServeSettings(BaseModel):
     """history items outside the run: "ignore" (reported in the answer) or "error" (a 422)"""
     max_history: int = Field(1000, ge=1)
     """the longest history accepted, in items"""
+    max_exclude: int = Field(10_000, ge=0)
+    """the longest `exclude` list accepted, in items"""
+    max_k: int = Field(1000, ge=1)
+    """the largest `k`"""
+    max_id_length: int = Field(256, ge=1)
+    """the longest string id accepted, in characters (integer ids must fit in int64)"""
+    max_body_bytes: int = Field(1 << 20, ge=64)
+    """the largest request body, in bytes (a 413 past it); the default holds max_exclude ids of ~100 characters"""
+    access_log: bool = False
+    """one log line per request from the replicas (Serve's access log)"""
 
     @classmethod
     def parse(cls, values: dict, where: str) -> "ServeSettings":
@@ -77,29 +95,80 @@ class ServeSettings(BaseModel):
 
     def replica_args(self) -> dict:
         """What each replica's constructor takes: the settings that are not the run or the replica count."""
-        return self.model_dump(exclude={"run_dir", "replicas"})
+        return self.model_dump(exclude={"run_dir", "replicas", "access_log"})
+
+    def limits(self) -> dict:
+        """The request limits, as the validation context of `RecallRequest`."""
+        return {k: getattr(self, k) for k in ("max_history", "max_exclude", "max_k", "max_id_length", "max_body_bytes")}
 
 
 BUILD_ARGS = {name: field.default for name, field in ServeSettings.model_fields.items()}
 
-# Original ids are ints or strings. Strict types so that JSON true, 1.5 or null is a 422
-# rather than silently becoming user 1 or "None".
-UserId = Union[StrictInt, StrictStr]
+DEFAULT_LIMITS = ServeSettings().limits()
+
+
+def _limit(info: ValidationInfo, key: str) -> int:
+    return (info.context or DEFAULT_LIMITS)[key]
+
+
+def _check_id(value: Any, info: ValidationInfo):
+    """An original id: an int in int64's range or a string of at most max_id_length characters; nothing else
+    (JSON true, 1.5, null, NaN, a list) becomes an id."""
+    if isinstance(value, str):
+        if len(value) > _limit(info, "max_id_length"):
+            raise PydanticCustomError("id_too_long", "a string id is at most {limit} characters; this one has {n}",
+                                      {"limit": _limit(info, "max_id_length"), "n": len(value)})
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not INT64[0] <= value <= INT64[1]:
+            raise PydanticCustomError("id_out_of_range", "an integer id must lie in [-2**63, 2**63 - 1]")
+        return value
+    raise PydanticCustomError("id_type", "an id is an integer or a string, not {kind}",
+                              {"kind": "null" if value is None else type(value).__name__})
+
+
+# Original ids are ints or strings, checked strictly, so that JSON true, 1.5 or null is a 422 rather than
+# silently becoming user 1 or "None", and bounded, so that no id costs more than its few bytes to look up.
+Id = Annotated[Union[int, str], PlainValidator(_check_id), WithJsonSchema({"anyOf": [
+    {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]},
+    {"type": "string", "maxLength": DEFAULT_LIMITS["max_id_length"]}]})]
 
 
 class RecallRequest(BaseModel):
-    """Body of POST /recall. Unknown keys are rejected, so a misspelt "topk" is a 422, not a silent default."""
+    """Body of POST /recall. Unknown keys are rejected, so a misspelt "topk" is a 422, not a silent default.
+
+    Validate with `RecallRequest.model_validate_json(body, context=ServeSettings(...).limits())`: the
+    endpoint's limits (list lengths, k, id length) come from its build args.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     # Defaults are None but an explicit null is still a 422: Pydantic does not validate defaults.
-    user_id: UserId = Field(None, description="original user id, as in the interaction log (or give history)")
-    history: list[UserId] = Field(None, description="original item ids, oldest first, for a user the run need "
-                                                    "not know (or give user_id)")
-    k: StrictInt = Field(10, ge=1, le=MAX_K, description="number of items to return")
+    user_id: Id = Field(None, description="original user id, as in the interaction log (or give history)")
+    history: list[Id] = Field(None, description="original item ids, oldest first, for a user the run need "
+                                                "not know (or give user_id)",
+                              json_schema_extra={"maxItems": DEFAULT_LIMITS["max_history"]})
+    k: StrictInt = Field(10, ge=1, description="number of items to return",
+                         json_schema_extra={"maximum": DEFAULT_LIMITS["max_k"]})
     exclude_seen: StrictBool = Field(True, description="drop the user's known items, or the history's items")
-    exclude: list[UserId] = Field(default_factory=list, max_length=MAX_EXCLUDE,
-                                  description="original item ids never returned")
+    exclude: list[Id] = Field(default_factory=list, description="original item ids never returned",
+                              json_schema_extra={"maxItems": DEFAULT_LIMITS["max_exclude"]})
+
+    @field_validator("history", "exclude", mode="before")
+    @classmethod
+    def _bounded_list(cls, value, info: ValidationInfo):
+        limit = _limit(info, "max_history" if info.field_name == "history" else "max_exclude")
+        if isinstance(value, list) and len(value) > limit:  # checked before any element is
+            raise PydanticCustomError("too_long", "{field} has {n} items; at most {limit} are accepted",
+                                      {"field": info.field_name, "n": len(value), "limit": limit})
+        return value
+
+    @field_validator("k")
+    @classmethod
+    def _bounded_k(cls, value: int, info: ValidationInfo) -> int:
+        if value > _limit(info, "max_k"):
+            raise PydanticCustomError("too_large", "k must be at most {limit}", {"limit": _limit(info, "max_k")})
+        return value
 
     @model_validator(mode="after")
     def _one_of_user_or_history(self):
@@ -109,20 +178,98 @@ class RecallRequest(BaseModel):
         return self
 
 
+def _echo(value: Any) -> Any:
+    """The part of an offending input an error reply may show: short scalars as they are, anything else as a
+    prefix of its text (never the whole body, never a value JSON cannot carry, such as NaN)."""
+    if value is None or isinstance(value, bool) or (isinstance(value, int) and abs(value) < 2**63):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        text = bytes(value[:ECHO_CHARS]).decode("utf-8", "replace")
+        return text + ("..." if len(value) > ECHO_CHARS else "")
+    text = value if isinstance(value, str) else repr(value)[:ECHO_CHARS + 1]
+    return text[:ECHO_CHARS] + ("..." if len(text) > ECHO_CHARS else "")
+
+
+def validation_errors(errors: list[dict], prefix: tuple = ("body",)) -> list[dict]:
+    """Pydantic errors -> FastAPI's 422 shape {"type", "loc", "msg", "input"}, inputs cut to a short prefix."""
+    return [{"type": e["type"], "loc": [*prefix, *e.get("loc", ())], "msg": str(e["msg"])[:500],
+             "input": _echo(e.get("input"))} for e in errors]
+
+
+def request_error(status: int, detail) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
+
+
+async def parse_request(request: Request, limits: dict) -> RecallRequest:
+    """The body of POST /recall -> RecallRequest, in time and memory bounded by `limits`.
+
+    415 unless the content type is JSON; 413 past max_body_bytes (read no further than that); 422 for
+    anything else: bad UTF-8, NaN or Infinity, nesting past 200 levels, a huge integer, a wrong type,
+    a list or id past its limit (pydantic-core's JSON parser reads the body in one pass).
+    """
+    ctype = request.headers.get("content-type", "")
+    if ctype.split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, f"content-type must be application/json, got {_echo(ctype)!r}")
+    limit = limits["max_body_bytes"]
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"request body of {declared} bytes; at most {limit} are accepted")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"request body over {limit} bytes; at most {limit} are accepted")
+    try:
+        return RecallRequest.model_validate_json(bytes(body), context=limits)
+    except ValidationError as e:
+        raise RequestValidationError(validation_errors(e.errors(include_url=False))) from None
+
+
 class RecalledItem(BaseModel):
-    item_id: UserId = Field(description="original item id")
+    item_id: Union[int, str] = Field(description="original item id")
     score: float
     title: str
 
 
 class RecallResponse(BaseModel):
-    user_id: Optional[UserId] = Field(description="as sent; null for a history query")
+    user_id: Optional[Union[int, str]] = Field(description="as sent; null for a history query")
     items: list[RecalledItem]
-    unknown_items: list[UserId] = Field(description="history items not in the run, ignored (as sent)")
+    unknown_items: list[Union[int, str]] = Field(description="history items not in the run, ignored (as sent)")
     batch_size: int = Field(description="requests answered together with this one (one model pass, one search)")
 
 
 fastapi_app = FastAPI(title="ray_recall", description="Top-K recall for the users of a trained run, or for a history.")
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # Errors built here are already cut short; FastAPI's own (a query parameter, say) are cut here.
+    return request_error(422, [e if isinstance(e.get("loc"), list) else validation_errors([e], ())[0]
+                               for e in exc.errors()])
+
+
+# The body is read by parse_request (bounded, one parse), so the schema of /recall's body is given here
+# and added to the components (`_openapi`).
+RECALL_OPENAPI = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/RecallRequest"}}}}}
+_fastapi_openapi = fastapi_app.openapi
+
+
+def _openapi() -> dict:
+    if fastapi_app.openapi_schema is None:
+        spec = _fastapi_openapi()  # caches itself in fastapi_app.openapi_schema
+        spec.setdefault("components", {}).setdefault("schemas", {})["RecallRequest"] = \
+            RecallRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return fastapi_app.openapi_schema
+
+
+fastapi_app.openapi = _openapi
+RECALL_RESPONSES = {413: {"description": "body over max_body_bytes"},
+                    415: {"description": "content type other than application/json"},
+                    404: {"description": "unknown user_id"},
+                    422: {"description": "invalid body: detail[].msg says why"}}
 
 
 # Defined before the deployment: Serve pickles the class when it is decorated, with the globals it sees then.
@@ -148,7 +295,8 @@ class RecallDeployment:
 
         # Replicas share the node's cores: concurrent requests are the parallelism (Recaller pins FAISS likewise).
         torch.set_num_threads(1)
-        self.settings = ServeSettings.parse(settings, "RecallDeployment").replica_args()
+        parsed = ServeSettings.parse(settings, "RecallDeployment")
+        self.settings, self.limits = parsed.replica_args(), parsed.limits()
         self._batch.set_max_batch_size(self.settings["max_batch_size"])
         self._batch.set_batch_wait_timeout_s(self.settings["batch_wait_timeout_s"])
         self.recaller: Recaller | None = None  # set by reconfigure, which Serve calls right after __init__
@@ -180,9 +328,11 @@ class RecallDeployment:
                 return
             self.recaller, self.reload_error = loaded, None
 
-    @fastapi_app.post("/recall", response_model=RecallResponse)
-    async def recall(self, req: RecallRequest) -> dict:
+    @fastapi_app.post("/recall", response_model=RecallResponse, openapi_extra=RECALL_OPENAPI,
+                      responses=RECALL_RESPONSES)
+    async def recall(self, request: Request) -> dict:
         """RecallRequest -> {"user_id", "items": [{"item_id", "score", "title"}, ...] best first, "unknown_items", "batch_size"}."""
+        req = await parse_request(request, self.limits)
         query = Query(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
                       exclude=req.exclude)
         result, batch_size = await self._batch(query)
@@ -190,8 +340,8 @@ class RecallDeployment:
             raise HTTPException(status_code=404, detail=str(result))
         if isinstance(result, InvalidQueryError):
             # The same shape as FastAPI's own 422s, so clients parse one format.
-            raise RequestValidationError([{"type": "value_error", "loc": ("body", result.field), "msg": str(result),
-                                           "input": getattr(req, result.field, None)}])
+            raise RequestValidationError(validation_errors([{"type": "value_error", "loc": (result.field,),
+                                                             "msg": str(result), "input": getattr(req, result.field)}]))
         return {"user_id": req.user_id, **result, "batch_size": batch_size}
 
     # Sizes here are placeholders: __init__ applies the build args.
@@ -238,7 +388,8 @@ def _bind(settings: ServeSettings):
         raise ValueError("build_app needs a run directory")
     # Room for one batch being computed while the next one fills.
     options = dict(num_replicas=settings.replicas, user_config={"run_dir": _resolve(settings.run_dir)},
-                   max_ongoing_requests=max(2 * settings.max_batch_size, 5))
+                   max_ongoing_requests=max(2 * settings.max_batch_size, 5),
+                   logging_config={"enable_access_log": settings.access_log})
     return RecallDeployment.options(**options).bind(**settings.replica_args())
 
 
