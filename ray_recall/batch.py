@@ -157,3 +157,12 @@ def pad_histories(histories: list[np.ndarray], max_len: int, users: np.ndarray |
         lengths[row] = len(h)
     users = np.zeros(len(histories), dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
     return {USER: torch.from_numpy(users), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(lengths)}
+
+
+def in_batches(fn, table, batch_size: int):
+    """What a Ray Data `map_batches(fn, batch_format="pyarrow")` gives, in this process: `fn` over consecutive
+    slices of the pyarrow table, concatenated (an empty table gives fn's answer for an empty slice)."""
+    import pyarrow as pa
+
+    starts = range(0, table.num_rows, batch_size) if table.num_rows else [0]
+    return pa.concat_tables([fn(table.slice(i, batch_size)) for i in starts])

@@ -340,6 +340,13 @@ class ComputeConfig(_Section):
     """actor-pool size of the embedding and evaluation jobs"""
     cpus_per_actor: PositiveNumber = 0.5
     """fractional, so that Ray Data's own read tasks always find a CPU"""
+    in_process_max_users: NonNegativeInt = 50_000
+    """runs with at most this many users and items are embedded and evaluated in the driver process (the same
+    code, without the seconds an actor pool takes to start); 0 = always on Ray Data"""
+
+    def in_process(self, meta: dict) -> bool:
+        """Whether the run described by data/meta.json is small enough to embed and evaluate in this process."""
+        return max(meta["num_items"], meta["num_sequence_users"]) <= self.in_process_max_users
 
 
 SECTIONS = ("data", "model", "train", "index", "eval", "compute")

@@ -44,19 +44,30 @@ def test_rerun_skips_finished_stages(trained_run):
     assert len(lines) == len(STAGES) and all("up to date" in line for line in lines), lines
 
 
-def test_two_workers_train_with_ddp(trained_run, tmp_path):
-    """2 DDP workers on a copy of the preprocessed run: training finishes, the loss falls, quality holds."""
+def test_small_runs_embed_and_evaluate_in_process_as_ray_data_does(trained_run, tmp_path):
+    """compute.in_process_max_users: the embed and evaluate stages of a small run run their own Embedder and
+    Evaluator in the driver; on Ray Data's actors (the path of any large run) they give the same vectors and metrics."""
     base, _ = trained_run
-    shutil.copytree(RunDir(base.run_dir).path("data"), tmp_path / "run" / "data")
-    cfg = base.replace(run_dir=str(tmp_path / "run"), **{"train.num_workers": 2, "train.cpus_per_worker": 0.5})
-    summary = run_stage(cfg, "train", log=lambda *_: None)
-    assert summary["num_workers"] == 2
-    hist = summary["history"]
-    assert hist[-1]["loss"] < hist[0]["loss"]
-    # Both workers' samples are counted: one epoch still covers every training sample.
-    assert hist[0]["samples"] == RunDir(cfg.run_dir).read_meta()["samples"]["train"]
-    assert summary["val_recall@10"] > 0.0
-    assert RunDir(cfg.run_dir).exists("model", "model.pt")
+    shutil.copytree(base.run_dir, tmp_path / "run")
+    cfg = base.replace(run_dir=str(tmp_path / "run"), **{"compute.in_process_max_users": 0})
+    lines = []
+    run_stage(cfg, "embed", force=True, log=lines.append)
+    run_stage(cfg, "evaluate", force=True, log=lines.append)
+    assert not any("in this process" in line for line in lines), lines
+    ours, theirs = RunDir(base.run_dir), RunDir(cfg.run_dir)
+    for side in ("items", "users"):
+        (a_ids, a), (b_ids, b) = ours.read_embeddings(side), theirs.read_embeddings(side)
+        assert a_ids.tolist() == b_ids.tolist()
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(theirs.files("embeddings", "items", suffix=".parquet")) >= 1
+    a, b = ours.read_metrics()["metrics"], theirs.read_metrics()["metrics"]
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name] == pytest.approx(b[name], abs=1e-9), name
+    lines = []
+    small = base.replace(run_dir=str(tmp_path / "run"))
+    run_stage(small, "embed", force=True, log=lines.append)
+    assert "in this process: a small run" in lines[-1]
 
 
 def test_failed_stage_leaves_previous_outputs(trained_run, tmp_path):

@@ -89,7 +89,10 @@ def test_two_workers_match_one_worker(trained_run, data_copy):
     # Shuffling and negatives differ by worker count, so runs are not bitwise equal; on this
     # 300-user planted data the validation Recall@10 of repeated 1-worker runs spreads by ~0.03.
     assert abs(two["val_recall@10"] - one["val_recall@10"]) <= 0.08, (two["val_recall@10"], one["val_recall@10"])
-    assert two["history"][0]["samples"] == one["history"][0]["samples"]
+    # Both workers' samples are counted: one epoch still covers every training sample.
+    assert two["history"][0]["samples"] == one["history"][0]["samples"] == RunDir(data_copy.run_dir).read_meta()["samples"]["train"]
+    assert two["num_workers"] == 2 and two["history"][-1]["loss"] < two["history"][0]["loss"]
+    assert RunDir(data_copy.run_dir).exists("model", "model.pt")
     # Each worker trained on its own users only: the two shards are disjoint and together every user.
     run = RunDir(data_copy.run_dir)
     shards = run.read_worker_infos()

@@ -3,7 +3,8 @@
 Written to <run>/embeddings/{items,users}/ as Parquet (id, embedding: fixed-size list of
 float32; multi-interest users store K*D values per row) plus embeddings/meta.json.
 User vectors use each user's whole known sequence: they are the vectors served online. The users'
-actors receive their sequence rows from Ray Data and hold nothing else of the log.
+actors receive their sequence rows from Ray Data and hold nothing else of the log. A small run
+(`compute.in_process_max_users`) is embedded by the same `Embedder` in this process, batch by batch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ray.data
 import torch
 
 from ray_recall import batch as B
-from ray_recall.batch import SequenceTable, user_batch
+from ray_recall.batch import SequenceTable, in_batches, user_batch
 from ray_recall.config import PipelineConfig
 from ray_recall.models import load_trained
 from ray_recall.rundir import RunDir
@@ -31,8 +32,9 @@ def _vectors_table(key: str, ids: np.ndarray, vecs: np.ndarray) -> pa.Table:
 class Embedder:
     """Ray Data actor: dense ids -> embeddings, for one side ("item" or "user")."""
 
-    def __init__(self, run_uri: str, side: str):
-        torch.set_num_threads(1)  # several actors share the node's cores
+    def __init__(self, run_uri: str, side: str, threads: int | None = 1):
+        if threads:
+            torch.set_num_threads(threads)  # several actors share the node's cores
         run = RunDir(run_uri)
         self.model, schema = load_trained(run)
         self.side = side
@@ -58,21 +60,35 @@ def _item_ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     t0 = time.perf_counter()
     meta = run.read_meta()
+    if cfg.compute.in_process(meta):
+        return _finish(run, meta, t0, log, in_process=True)
     compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
                    batch_size=1024, batch_format="pyarrow")  # users carry their sequences: bounded batches
     items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
         Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
     users = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "times", "length"]).map_batches(
         Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
+    return _finish(run, meta, t0, log, datasets=(items, users))
+
+
+def _finish(run: RunDir, meta: dict, t0: float, log, datasets=None, in_process: bool = False) -> dict:
     with run.staged_dir("embeddings") as tmp:
-        items.write_parquet(run.embeddings_uri("items", at=tmp))
-        users.write_parquet(run.embeddings_uri("users", at=tmp))
+        if in_process:
+            items = pa.table({"item_idx": pa.array(np.arange(1, meta["num_items"] + 1), pa.int64())})
+            users = run.read_parquet("data", "sequences", columns=["user_idx", "items", "times", "length"])
+            for side, table in (("item", items), ("user", users)):
+                vectors = in_batches(Embedder(run.uri, side, threads=None), table, 1024)
+                run.write_parquet(vectors, tmp, f"{side}s", "part-00000.parquet")
+        else:
+            for side, ds in zip(("items", "users"), datasets):
+                ds.write_parquet(run.embeddings_uri(side, at=tmp))
         model, _ = load_trained(run)
         info = {"dim": model.embedding_dim, "interests": _interests(model), "num_items": meta["num_items"],
                 "num_users": meta["num_sequence_users"], "seconds": round(time.perf_counter() - t0, 2)}
         run.write_embeddings_meta(info, at=tmp)
     log(f"[embed] {info['num_items']:,} items and {info['num_users']:,} users embedded (D={info['dim']}"
-        f"{', K=' + str(info['interests']) if info['interests'] > 1 else ''}) in {info['seconds']:.1f}s")
+        f"{', K=' + str(info['interests']) if info['interests'] > 1 else ''}) in {info['seconds']:.1f}s"
+        + (" (in this process: a small run)" if in_process else ""))
     return info
 
 

@@ -7,6 +7,8 @@ seen before it (switchable) and returns its exact rank. No actor holds more than
 and the item vectors. The driver gathers one rank per user and computes Recall / HitRate / NDCG / MRR
 at every K, with their standard errors.
 
+A small run (`compute.in_process_max_users`) is ranked by the same `Evaluator` in this process.
+
 With more users than `eval.max_users`, a seeded sample of about that many (by a hash of the user id,
 so the same users whatever the layout) is evaluated, and metrics.json says so.
 """
@@ -20,7 +22,7 @@ import pyarrow as pa
 import ray.data
 import torch
 
-from ray_recall.batch import split_targets
+from ray_recall.batch import in_batches, split_targets
 from ray_recall.config import PipelineConfig
 from ray_recall.errors import DataError
 from ray_recall.metrics import format_table, metrics_from_ranks, standard_errors
@@ -33,8 +35,9 @@ class Evaluator:
     """Ray Data actor: sequence rows -> exact ranks of each user's `split` target for the model and most-popular."""
 
     def __init__(self, run_uri: str, mask_seen: bool, batch_size: int, split: str = "test",
-                 sample_fraction: float = 1.0, seed: int = 0):
-        torch.set_num_threads(1)
+                 sample_fraction: float = 1.0, seed: int = 0, threads: int | None = 1):
+        if threads:
+            torch.set_num_threads(threads)
         run = RunDir(run_uri)
         self.model, schema = load_trained(run)
         ids, vecs = run.read_embeddings("items")
@@ -61,12 +64,20 @@ def evaluate(cfg: PipelineConfig, run: RunDir, split: str = "test", log=print) -
     ec = cfg.eval
     total = run.read_meta()["num_sequence_users"]
     fraction = 1.0 if ec.max_users is None or total <= ec.max_users else ec.max_users / total
-    ranked = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "length"]).map_batches(
-        Evaluator, fn_constructor_kwargs={"run_uri": run.uri, "mask_seen": ec.mask_seen, "batch_size": ec.batch_size,
-                                          "split": split, "sample_fraction": fraction, "seed": cfg.train.seed},
-        compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
-        batch_size=ec.batch_size * 4, batch_format="pyarrow",
-    ).select_columns(["rank_model", "rank_popularity"]).to_pandas()  # one row per evaluated user
+    columns = ["user_idx", "items", "length"]
+    kwargs = {"run_uri": run.uri, "mask_seen": ec.mask_seen, "batch_size": ec.batch_size, "split": split,
+              "sample_fraction": fraction, "seed": cfg.train.seed}
+    in_process = cfg.compute.in_process(run.read_meta())
+    if in_process:
+        rows = run.read_parquet("data", "sequences", columns=columns)
+        ranked = in_batches(lambda b, e=Evaluator(**kwargs, threads=None): pa.table(e(b)), rows,
+                            ec.batch_size * 4).to_pandas()
+    else:
+        ranked = ray.data.read_parquet(run.sequences_uri()).select_columns(columns).map_batches(
+            Evaluator, fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
+            batch_size=ec.batch_size * 4, batch_format="pyarrow",
+        ).select_columns(["rank_model", "rank_popularity"]).to_pandas()  # one row per evaluated user
     ranks = {cfg.model.name: ranked["rank_model"].to_numpy(), "most_popular": ranked["rank_popularity"].to_numpy()}
     results = {name: metrics_from_ranks(r, ec.ks) for name, r in ranks.items()}
     out = {"split": split, "num_users": len(ranked), "num_users_total": total, "sampled": fraction < 1.0,
@@ -78,6 +89,7 @@ def evaluate(cfg: PipelineConfig, run: RunDir, split: str = "test", log=print) -
     who = (f"a seeded sample of {len(ranked):,} of {total:,} users (eval.max_users)" if fraction < 1.0
            else f"{len(ranked):,} users")
     log(f"[evaluate] {split}: {who}, exact full ranking over all items, seen items "
-        f"{'masked' if ec.mask_seen else 'kept'}; standard error of recall@{ec.ks[0]} {se:.4f} ({out['seconds']:.1f}s)\n"
+        f"{'masked' if ec.mask_seen else 'kept'}; standard error of recall@{ec.ks[0]} {se:.4f} ({out['seconds']:.1f}s"
+        f"{', in this process: a small run' if in_process else ''})\n"
         + format_table(results, ec.ks))
     return out

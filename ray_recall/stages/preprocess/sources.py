@@ -60,6 +60,12 @@ class LocalLog:
         table = pads.dataset(list(self.files), filesystem=self.fs, format=self.file_format).to_table(columns=list(self.columns))
         return table.rename_columns([self.columns[c] for c in table.column_names])
 
+    def attributes(self, key: str, cols: list[str]) -> pd.DataFrame:
+        """Attribute columns stored inline in the log: one row per id (the last seen in file order), as
+        `_attributes_from_log` gives them from the Dataset."""
+        table = pads.dataset(list(self.files), filesystem=self.fs, format=self.file_format).to_table(columns=[key] + cols)
+        return table.to_pandas().drop_duplicates(key, keep="last")
+
 
 def _local_log(path: str, file_format: pads.FileFormat, columns: dict[str, str],
                extensions: tuple[str, ...] = ()) -> LocalLog | None:
@@ -250,15 +256,21 @@ def _table(cfg: DataConfig) -> RawData:
     if missing:
         raise DataError(f"{cfg.path}: missing column {missing[0]!r} (config data.*_col / *_feature_cols); "
                         f"found columns {columns}")
-    if inline_user:
-        users = _attributes_from_log(ds, cfg.user_col, inline_user, users)
-    if inline_item:
-        items = _attributes_from_log(ds, cfg.item_col, inline_item, items)
     log_columns = {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}
     inter = _normalized(ds, log_columns)
     fmt = _table_format(cfg.path, cfg.format)
     local = _local_log(cfg.path, pads.CsvFileFormat() if fmt == "csv" else pads.ParquetFileFormat(), log_columns,
                        () if fmt == "csv" else (".parquet",))
+    # A log the data stage will read in this process gives its inline attributes from the same read, not
+    # from two Ray Data jobs (seconds each, for a few rows).
+    small = local is not None and cfg.in_process_max_rows > 0 and local.has_at_most(cfg.in_process_max_rows)
+    for side, key, cols in (("user", cfg.user_col, inline_user), ("item", cfg.item_col, inline_item)):
+        if not cols:
+            continue
+        attrs = local.attributes(key, cols) if small else _attributes_from_log(ds, key, cols)
+        base = users if side == "user" else items
+        attrs = attrs if base is None else base.merge(attrs, on=key, how="outer")
+        users, items = (attrs, items) if side == "user" else (users, attrs)
     if users is not None:
         users = users.rename(columns={cfg.user_col: USER})
     if items is not None:
@@ -271,11 +283,10 @@ def _dedupe_block(batch: pd.DataFrame, key: str) -> pd.DataFrame:
     return batch.drop_duplicates(key, keep="last")
 
 
-def _attributes_from_log(ds: ray.data.Dataset, key: str, cols: list[str], base: pd.DataFrame | None) -> pd.DataFrame:
+def _attributes_from_log(ds: ray.data.Dataset, key: str, cols: list[str]) -> pd.DataFrame:
     """Attribute columns stored inline in the log: one row per id (the last seen), deduplicated per block first."""
     per_block = ds.select_columns([key] + cols).map_batches(_dedupe_block, fn_kwargs={"key": key}, batch_format="pandas")
-    attrs = per_block.to_pandas().drop_duplicates(key, keep="last")
-    return attrs if base is None else base.merge(attrs, on=key, how="outer")
+    return per_block.to_pandas().drop_duplicates(key, keep="last")
 
 
 def _synthetic(cfg: DataConfig) -> RawData:
