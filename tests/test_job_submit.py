@@ -105,6 +105,10 @@ def test_serve_deploy_of_the_cluster_config(ray_head, trained_run, tmp_path):
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"]["run_dir"] = os.path.abspath(cfg.run_dir)
+    assert app["args"]["auth"] == "token"  # on in the cluster config; the nodes' environment has the token,
+    token = "cluster-token-" + os.urandom(8).hex()  # here the app's runtime_env stands in for it
+    app["runtime_env"] = {"env_vars": {"RAY_RECALL_TOKEN": token}}
+    auth = {"authorization": f"Bearer {token}"}
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
@@ -129,9 +133,10 @@ def test_serve_deploy_of_the_cluster_config(ray_head, trained_run, tmp_path):
         recaller = Recaller(cfg.run_dir)
         for user in (recaller.user_raw[0], recaller.user_raw[-1]):
             user = user.item() if hasattr(user, "item") else user
-            r = requests.post(f"{url}/recall", json={"user_id": user, "k": 5}, timeout=30)
+            r = requests.post(f"{url}/recall", json={"user_id": user, "k": 5}, headers=auth, timeout=30)
             assert r.status_code == 200, r.text
             assert [it["item_id"] for it in r.json()["items"]] == [it["item_id"] for it in recaller.recall(user, 5)]
+        assert requests.post(f"{url}/recall", json={"user_id": user, "k": 5}, timeout=30).status_code == 401
         assert requests.get(f"{url}/openapi.json", timeout=30).json()["info"]["title"] == "ray_recall"
 
         status = _serve_cli(ray_head, "status")

@@ -34,6 +34,7 @@ from ray_recall import batch as B
 
 K = 7
 IMPORT_PATH = "ray_recall.serve.app:app_builder"
+TOKEN = "test-token-" + os.urandom(8).hex()
 
 
 # ------------------------------------------------------------------------------- runs
@@ -113,13 +114,16 @@ def serve_config(runs):
         "applications": [
             _app("rr_main", "/", runs["main"], batch_wait_timeout_s=0.05),
             _app("rr_mi", "/mi", runs["mi"], unknown_items="error", max_history=50),
+            # The token reaches the replica through its environment, as a Secret's env entry would.
+            {**_app("rr_auth", "/auth", runs["main"], auth="token"),
+             "runtime_env": {"env_vars": {"RAY_RECALL_TOKEN": TOKEN}}},
         ],
     }
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         _deploy(config)
         url = f"http://127.0.0.1:{port}"
-        wait_ready(url, ("", "/mi"))
+        wait_ready(url, ("", "/mi", "/auth"))
         yield url, config
     finally:
         serve.shutdown()
@@ -381,6 +385,32 @@ def test_a_huge_integer_does_not_hide_the_other_items(url, runs):
     assert ok.status_code == 200 and len(ok.json()["items"]) == 3, ok.text
     r = _post(url, {"history": [str(items[0]), items[1]], "k": 3})  # "50" names item 50, as before
     assert r.status_code == 200 and r.json()["items"] == ok.json()["items"], r.text
+
+
+def test_bearer_token_when_auth_is_on(url, runs):
+    """auth=token: /recall needs the bearer token (a 401 naming the header otherwise), /healthz stays open;
+    the apps without it (auth=off, the default) take requests without any header."""
+    users, _ = _ids(runs["main"])
+    body = {"user_id": users[0], "k": K}
+    assert requests.get(f"{url}/auth/healthz", timeout=30).json()["auth"] == "token"
+    for headers in ({}, {"authorization": "Bearer wrong-token-0123456789"}, {"authorization": TOKEN},
+                    {"authorization": f"Basic {TOKEN}"}):
+        r = requests.post(f"{url}/auth/recall", json=body, headers=headers, timeout=30)
+        assert r.status_code == 401 and "Authorization: Bearer" in r.json()["detail"], (headers, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+    r = requests.post(f"{url}/auth/recall", json=body, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == _post(url, body).json()["items"]  # the same run without auth, no header
+    assert TOKEN not in requests.get(f"{url}/auth/healthz", timeout=30).text
+
+
+def test_auth_without_a_token_fails_at_start_naming_the_variable(monkeypatch):
+    from ray_recall.serve.app import ServeSettings
+
+    monkeypatch.delenv("RAY_RECALL_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="RAY_RECALL_TOKEN"):
+        ServeSettings(auth="token").read_token()
+    assert ServeSettings().read_token() is None  # off by default
 
 
 def test_wrong_content_type_is_415(url):

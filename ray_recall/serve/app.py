@@ -26,6 +26,7 @@ Start it with `ray-recall serve --run-dir runs/x`, `python jobs/serve.py --run-d
 """
 
 import asyncio
+import hmac
 import json
 import logging
 import math
@@ -81,6 +82,31 @@ class ServeSettings(BaseModel):
     """the largest request body, in bytes (a 413 past it); the default holds max_exclude ids of ~100 characters"""
     access_log: bool = False
     """one log line per request from the replicas (Serve's access log)"""
+    auth: Literal["off", "token"] = "off"
+    """token: POST /recall needs `Authorization: Bearer <token>` (a 401 otherwise); GET /healthz stays open"""
+    auth_token_env: str = "RAY_RECALL_TOKEN"
+    """the environment variable holding the token, on every node that hosts a replica (on Kubernetes: an env
+    entry from a Secret)"""
+    auth_token_file: Optional[str] = None
+    """or a file holding it (a mounted Kubernetes Secret); read when each replica starts"""
+
+    def read_token(self) -> bytes | None:
+        """The bearer token of auth=token (None for auth=off); a ValueError naming what to set when there is none."""
+        if self.auth == "off":
+            return None
+        if self.auth_token_file:
+            try:
+                with open(self.auth_token_file, "rb") as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise ValueError(f"auth=token: cannot read auth_token_file {self.auth_token_file!r}: {e}") from None
+        else:
+            token = os.environ.get(self.auth_token_env, "").strip().encode()
+        if len(token) < 16:
+            where = f"auth_token_file {self.auth_token_file!r}" if self.auth_token_file else \
+                f"the environment variable {self.auth_token_env} on this node"
+            raise ValueError(f"auth=token needs a token of at least 16 characters in {where}")
+        return token
 
     @classmethod
     def parse(cls, values: dict, where: str) -> "ServeSettings":
@@ -202,6 +228,14 @@ def request_error(status: int, detail) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail})
 
 
+def check_token(request: Request, token: bytes) -> None:
+    """401 unless the request carries `Authorization: Bearer <token>` (compared in constant time)."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+        raise HTTPException(401, "POST /recall needs the header Authorization: Bearer <token> (auth=token)",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
 async def parse_request(request: Request, limits: dict) -> RecallRequest:
     """The body of POST /recall -> RecallRequest, in time and memory bounded by `limits`.
 
@@ -266,7 +300,8 @@ def _openapi() -> dict:
 
 
 fastapi_app.openapi = _openapi
-RECALL_RESPONSES = {413: {"description": "body over max_body_bytes"},
+RECALL_RESPONSES = {401: {"description": "auth=token and no or a wrong bearer token"},
+                    413: {"description": "body over max_body_bytes"},
                     415: {"description": "content type other than application/json"},
                     404: {"description": "unknown user_id"},
                     422: {"description": "invalid body: detail[].msg says why"}}
@@ -297,6 +332,7 @@ class RecallDeployment:
         torch.set_num_threads(1)
         parsed = ServeSettings.parse(settings, "RecallDeployment")
         self.settings, self.limits = parsed.replica_args(), parsed.limits()
+        self._token = parsed.read_token()  # never in self.settings, which healthz shows
         self._batch.set_max_batch_size(self.settings["max_batch_size"])
         self._batch.set_batch_wait_timeout_s(self.settings["batch_wait_timeout_s"])
         self.recaller: Recaller | None = None  # set by reconfigure, which Serve calls right after __init__
@@ -332,6 +368,8 @@ class RecallDeployment:
                       responses=RECALL_RESPONSES)
     async def recall(self, request: Request) -> dict:
         """RecallRequest -> {"user_id", "items": [{"item_id", "score", "title"}, ...] best first, "unknown_items", "batch_size"}."""
+        if self._token is not None:
+            check_token(request, self._token)
         req = await parse_request(request, self.limits)
         query = Query(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
                       exclude=req.exclude)
