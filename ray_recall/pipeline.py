@@ -53,6 +53,7 @@ def _run_stage(cfg: PipelineConfig, stage: str, force: bool, log, resume: bool =
     if not force and run.stage_done(stage, cfg):
         log(f"[{stage}] up to date (config hash {stage_hash(cfg, stage)}); skipped")
         return run.stage_summary(stage), False
+    run.verify_stages(stage)  # what it reads is what the earlier stages wrote
     t0 = time.perf_counter()
     extra = {"resume": resume} if stage == "train" else {}
     summary = _STAGE_FNS[stage](cfg, run, log=log, **extra)

@@ -55,6 +55,13 @@ STAGES = ("preprocess", "train", "embed", "index", "evaluate")
 # The file whose presence says a stage's outputs are complete (each is written last, or in one staged directory).
 STAGE_OUTPUTS = {"preprocess": ("data", "meta.json"), "train": ("model", "model.pt"),
                  "embed": ("embeddings", "meta.json"), "index": ("index", "meta.json"), "evaluate": ("metrics.json",)}
+# What each stage writes that later stages and Serve read: its files' sizes and SHA-256 go into the manifest
+# when the stage finishes, and are checked before anything reads them (`verify_stages`).
+STAGE_FILES = {"preprocess": ("data",), "train": ("model",), "embed": ("embeddings",), "index": ("index",)}
+# The stages whose outputs each stage (and Serve) reads.
+STAGE_INPUTS = {"preprocess": (), "train": ("preprocess",), "embed": ("preprocess", "train"),
+                "index": ("embed",), "evaluate": ("preprocess", "train", "embed"),
+                "serve": ("preprocess", "train", "embed", "index")}
 # Config sections each stage's output depends on (cumulative along the pipeline).
 STAGE_SECTIONS = {
     "preprocess": ("data",),
@@ -168,10 +175,42 @@ class RunDir(Storage):
         return done and (stage != "preprocess" or self.read_meta().get("layout") == DATA_LAYOUT)
 
     def record_stage(self, stage: str, cfg: PipelineConfig, **info) -> None:
+        """Mark `stage` finished for `cfg`, with the size and SHA-256 of every file it wrote (STAGE_FILES)."""
         manifest = self.manifest()
         manifest["stages"][stage] = {"config_hash": stage_hash(cfg, stage),
-                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+                                     "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **info,
+                                     "files": self._stage_digests(stage)}
         self.write_json(manifest, MANIFEST)
+
+    def record_files(self, stage: str) -> None:
+        """Re-record the checksums of `stage`'s files after a deliberate change (a tool that rewrites them)."""
+        manifest = self.manifest()
+        manifest["stages"].setdefault(stage, {})["files"] = self._stage_digests(stage)
+        self.write_json(manifest, MANIFEST)
+
+    def _stage_digests(self, stage: str) -> dict:
+        return {path: d for top in STAGE_FILES.get(stage, ()) for path, d in self.digests(top).items()}
+
+    def verify_stages(self, reader: str) -> None:
+        """Check the files of the stages `reader` (a stage, or "serve") reads against the manifest's checksums:
+        a file missing, truncated or altered since its stage finished is a DataError naming it. Stages recorded
+        without checksums (older runs) are not checked."""
+        stages = self.manifest()["stages"]
+        for stage in STAGE_INPUTS[reader]:
+            want = stages.get(stage, {}).get("files")
+            if not want:
+                continue
+            have = self._stage_digests(stage)
+            for path, d in want.items():
+                got = have.get(path)
+                problem = ("is missing" if got is None else
+                           f"has {got['size']} bytes, {d['size']} when the {stage} stage wrote it (truncated or altered)"
+                           if got["size"] != d["size"] else
+                           "differs from what the {stage} stage wrote (SHA-256 mismatch)".format(stage=stage)
+                           if got["sha256"] != d["sha256"] else None)
+                if problem:
+                    raise DataError(f"{self.uri_of(*path.split('/'))} {problem}; re-run the {stage} stage "
+                                    f"(--force) or restore the file")
 
     def stage_summary(self, stage: str) -> dict:
         return self.manifest()["stages"].get(stage, {}).get("summary", {})

@@ -9,6 +9,7 @@ place when complete, so a failed stage leaves the previous outputs intact.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -121,6 +122,25 @@ class Storage:
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+
+    def digests(self, *parts: str) -> dict[str, dict]:
+        """{path relative to the root: {"size", "sha256"}} of the file `parts` or of every file under the
+        directory `parts` (streamed, 1 MiB at a time); {} when it does not exist."""
+        if not self.exists(*parts):
+            return {}
+        root = self.path(*parts)
+        info = self.fs.get_file_info(root)
+        infos = [info] if info.type == pafs.FileType.File else [
+            i for i in self.fs.get_file_info(pafs.FileSelector(root, recursive=True)) if i.type == pafs.FileType.File]
+        out = {}
+        base = self.path()
+        for i in sorted(infos, key=lambda i: i.path):
+            h = hashlib.sha256()
+            with self.fs.open_input_stream(i.path) as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            out[i.path[len(base):].lstrip("/")] = {"size": i.size, "sha256": h.hexdigest()}
+        return out
 
     # ---- Parquet -----------------------------------------------------
     def write_parquet(self, table: pa.Table, *parts: str) -> None:

@@ -70,3 +70,36 @@ def test_user_partitions_and_samples_are_stable_and_even():
     assert np.array_equal(keep[:1000], sample_users(users[:1000], 0.1, seed=3))  # the same whatever the batch
     assert not np.array_equal(keep, sample_users(users, 0.1, seed=4))
     assert sample_users(users[:10], 1.0).all()
+
+
+def test_altered_or_truncated_stage_outputs_are_named_before_use(trained_run, tmp_path):
+    """The manifest holds every stage output's size and SHA-256: a later stage and Serve check what they read."""
+    import shutil
+
+    from ray_recall.pipeline import run_stage
+    from ray_recall.serve.recaller import Recaller
+
+    base, _ = trained_run
+    manifest = RunDir(base.run_dir).manifest()["stages"]
+    assert {"data/meta.json", "model/model.pt", "index/meta.json"} <= {
+        p for s in ("preprocess", "train", "index") for p in manifest[s]["files"]}
+    for damage, expect in (("truncate", "truncated or altered"), ("flip", "SHA-256 mismatch"), ("delete", "is missing")):
+        root = tmp_path / damage
+        shutil.copytree(base.run_dir, root)
+        run = RunDir(str(root))
+        Recaller(str(root))  # intact: loads
+        target = sorted((root / "embeddings" / "items").glob("*.parquet"))[0]
+        data = target.read_bytes()
+        if damage == "truncate":
+            target.write_bytes(data[:-10])
+        elif damage == "flip":
+            target.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+        else:
+            target.unlink()
+        rel = str(target.relative_to(root))
+        with pytest.raises(DataError, match=rf"{rel}.*{expect}.*re-run the embed stage"):
+            Recaller(str(root))
+        cfg = base.replace(run_dir=str(root))
+        with pytest.raises(DataError, match=rf"{rel}.*{expect}"):
+            run_stage(cfg, "index", force=True, log=lambda *_: None)
+        assert run.read_json("index", "meta.json") == RunDir(base.run_dir).read_json("index", "meta.json")  # kept

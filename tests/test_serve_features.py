@@ -72,6 +72,8 @@ def _derive_run(src: str, dst: str, name: str, params: dict, dim: int = 32, fact
                     "num_users": int(len(users)), "seconds": 0.0}, "embeddings", "meta.json")
     metric = run.read_json("index", "meta.json")["metric"]
     VectorIndex(factory, metric).fit(item_vecs, items).save(run)
+    for stage in ("train", "embed", "index"):  # a new run: its checksums are those of the files written here
+        run.record_files(stage)
     return dst
 
 

@@ -79,6 +79,7 @@ class Recaller:
         faiss.omp_set_num_threads(1)  # one query at a time: threads only add overhead
         self.unknown_items, self.max_history = unknown_items, int(max_history)
         self.run = RunDir(run_uri)
+        self.run.verify_stages("serve")  # a truncated or altered file of the run is an error naming it
         meta = self.run.read_meta()
         self.users = self.run.read_user_vocab()
         self.user_raw = self.users.ids  # dense id d -> user_raw[d - 1]
