@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import ray
 
@@ -22,6 +23,9 @@ def configure_ray_data(quiet: bool = False) -> None:
     ctx.print_on_execution_start = False
     # Ray Data logs every execution plan at INFO; the stages print their own one-line progress.
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Train's own dataset config sets the deprecated ExecutionOptions.exclude_resources on every fit
+    # (Ray 2.60): nothing of ours to change, and two lines of noise per fit on the console.
+    warnings.filterwarnings("ignore", message=r"`ExecutionOptions\.exclude_resources` is deprecated")
     if quiet:
         ctx.enable_progress_bars = False
 
