@@ -203,14 +203,16 @@ class RunDir(Storage):
             have = self._stage_digests(stage)
             for path, d in want.items():
                 got = have.get(path)
-                problem = ("is missing" if got is None else
-                           f"has {got['size']} bytes, {d['size']} when the {stage} stage wrote it (truncated or altered)"
-                           if got["size"] != d["size"] else
-                           "differs from what the {stage} stage wrote (SHA-256 mismatch)".format(stage=stage)
-                           if got["sha256"] != d["sha256"] else None)
-                if problem:
-                    raise DataError(f"{self.uri_of(*path.split('/'))} {problem}; re-run the {stage} stage "
-                                    f"(--force) or restore the file")
+                if got is None:
+                    problem = "is missing"
+                elif got["size"] != d["size"]:
+                    problem = f"has {got['size']} bytes, {d['size']} when the {stage} stage wrote it (truncated or altered)"
+                elif got["sha256"] != d["sha256"]:
+                    problem = f"differs from what the {stage} stage wrote (SHA-256 mismatch)"
+                else:
+                    continue
+                raise DataError(f"{self.uri_of(*path.split('/'))} {problem}; re-run the {stage} stage "
+                                f"(--force) or restore the file")
 
     def stage_summary(self, stage: str) -> dict:
         return self.manifest()["stages"].get(stage, {}).get("summary", {})

@@ -30,6 +30,10 @@ def _same_kind(a: np.dtype, b: np.dtype) -> bool:
     return a.kind == b.kind or (a.kind in "iu" and b.kind in "iu")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 class Vocabulary:
     """The original ids of one side (users or items) in dense-id order: dense id d is `ids[d - 1]`."""
 
@@ -74,14 +78,14 @@ class Vocabulary:
                     except ValueError:
                         continue
                     v = n if str(n) == v else None
-                if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and lo <= v <= hi:
+                if _is_int(v) and lo <= v <= hi:
                     keys[i], ok[i] = v, True
             return keys, ok
         if kind in "OUS":
             width = self.ids.dtype.itemsize // (4 if kind == "U" else 1) if kind != "O" else None
             keys = np.empty(len(values), dtype=object)
             for i, v in enumerate(values):
-                if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+                if _is_int(v):
                     v = str(int(v))  # 10 names the item "10"
                 if isinstance(v, str) and (width is None or len(v) <= width):
                     keys[i], ok[i] = v, True

@@ -50,6 +50,7 @@ APP_NAME = "ray_recall"
 INT64 = (-(2**63), 2**63 - 1)
 ECHO_CHARS = 80  # an error reply shows at most this much of the offending input
 
+
 class ServeSettings(BaseModel):
     """The endpoint's build arguments (`app_builder` / `build_app`), defaults and checks in one place.
 

@@ -23,6 +23,10 @@ from ray_recall.models import load_trained
 from ray_recall.rundir import RunDir
 
 
+_BATCH = 1024  # rows a batch; user rows carry their sequences
+_USER_COLUMNS = ["user_idx", "items", "times", "length"]
+
+
 def _vectors_table(key: str, ids: np.ndarray, vecs: np.ndarray) -> pa.Table:
     flat = np.ascontiguousarray(vecs.reshape(len(ids), -1), dtype=np.float32)
     emb = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
@@ -60,28 +64,9 @@ def _item_ids(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     t0 = time.perf_counter()
     meta = run.read_meta()
-    if cfg.compute.in_process(meta):
-        return _finish(run, meta, t0, log, in_process=True)
-    compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
-                   batch_size=1024, batch_format="pyarrow")  # users carry their sequences: bounded batches
-    items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
-        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
-    users = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "times", "length"]).map_batches(
-        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
-    return _finish(run, meta, t0, log, datasets=(items, users))
-
-
-def _finish(run: RunDir, meta: dict, t0: float, log, datasets=None, in_process: bool = False) -> dict:
+    in_process = cfg.compute.in_process(meta)
     with run.staged_dir("embeddings") as tmp:
-        if in_process:
-            items = pa.table({"item_idx": pa.array(np.arange(1, meta["num_items"] + 1), pa.int64())})
-            users = run.read_parquet("data", "sequences", columns=["user_idx", "items", "times", "length"])
-            for side, table in (("item", items), ("user", users)):
-                vectors = in_batches(Embedder(run.uri, side, threads=None), table, 1024)
-                run.write_parquet(vectors, tmp, f"{side}s", "part-00000.parquet")
-        else:
-            for side, ds in zip(("items", "users"), datasets):
-                ds.write_parquet(run.embeddings_uri(side, at=tmp))
+        (_embed_in_process if in_process else _embed_on_ray_data)(cfg, run, meta, tmp)
         model, _ = load_trained(run)
         info = {"dim": model.embedding_dim, "interests": _interests(model), "num_items": meta["num_items"],
                 "num_users": meta["num_sequence_users"], "seconds": round(time.perf_counter() - t0, 2)}
@@ -90,6 +75,26 @@ def _finish(run: RunDir, meta: dict, t0: float, log, datasets=None, in_process: 
         f"{', K=' + str(info['interests']) if info['interests'] > 1 else ''}) in {info['seconds']:.1f}s"
         + (" (in this process: a small run)" if in_process else ""))
     return info
+
+
+def _embed_on_ray_data(cfg: PipelineConfig, run: RunDir, meta: dict, tmp: str) -> None:
+    compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
+                   batch_size=_BATCH, batch_format="pyarrow")  # users carry their sequences: bounded batches
+    items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
+        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
+    users = ray.data.read_parquet(run.sequences_uri()).select_columns(_USER_COLUMNS).map_batches(
+        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
+    items.write_parquet(run.embeddings_uri("items", at=tmp))
+    users.write_parquet(run.embeddings_uri("users", at=tmp))
+
+
+def _embed_in_process(cfg: PipelineConfig, run: RunDir, meta: dict, tmp: str) -> None:
+    """The same Embedder over the same batches, in this process (a small run: no actor pool to start)."""
+    items = pa.table({"item_idx": pa.array(np.arange(1, meta["num_items"] + 1), pa.int64())})
+    users = run.read_parquet("data", "sequences", columns=_USER_COLUMNS)
+    for side, table in (("item", items), ("user", users)):
+        vectors = in_batches(Embedder(run.uri, side, threads=None), table, _BATCH)
+        run.write_parquet(vectors, tmp, f"{side}s", "part-00000.parquet")
 
 
 def _interests(model) -> int:

@@ -62,16 +62,17 @@ def evaluate(cfg: PipelineConfig, run: RunDir, split: str = "test", log=print) -
     """Metrics of the trained model and of most-popular on `split`; written to <run>/metrics.json."""
     t0 = time.perf_counter()
     ec = cfg.eval
-    total = run.read_meta()["num_sequence_users"]
+    meta = run.read_meta()
+    total = meta["num_sequence_users"]
     fraction = 1.0 if ec.max_users is None or total <= ec.max_users else ec.max_users / total
     columns = ["user_idx", "items", "length"]
     kwargs = {"run_uri": run.uri, "mask_seen": ec.mask_seen, "batch_size": ec.batch_size, "split": split,
               "sample_fraction": fraction, "seed": cfg.train.seed}
-    in_process = cfg.compute.in_process(run.read_meta())
+    in_process = cfg.compute.in_process(meta)
     if in_process:
+        evaluator = Evaluator(**kwargs, threads=None)
         rows = run.read_parquet("data", "sequences", columns=columns)
-        ranked = in_batches(lambda b, e=Evaluator(**kwargs, threads=None): pa.table(e(b)), rows,
-                            ec.batch_size * 4).to_pandas()
+        ranked = in_batches(lambda b: pa.table(evaluator(b)), rows, ec.batch_size * 4).to_pandas()
     else:
         ranked = ray.data.read_parquet(run.sequences_uri()).select_columns(columns).map_batches(
             Evaluator, fn_constructor_kwargs=kwargs,

@@ -57,14 +57,16 @@ class LocalLog:
     def read(self) -> pa.Table:
         if self.table is not None:
             return self.table
-        table = pads.dataset(list(self.files), filesystem=self.fs, format=self.file_format).to_table(columns=list(self.columns))
+        table = self._dataset().to_table(columns=list(self.columns))
         return table.rename_columns([self.columns[c] for c in table.column_names])
 
     def attributes(self, key: str, cols: list[str]) -> pd.DataFrame:
         """Attribute columns stored inline in the log: one row per id (the last seen in file order), as
         `_attributes_from_log` gives them from the Dataset."""
-        table = pads.dataset(list(self.files), filesystem=self.fs, format=self.file_format).to_table(columns=[key] + cols)
-        return table.to_pandas().drop_duplicates(key, keep="last")
+        return self._dataset().to_table(columns=[key] + cols).to_pandas().drop_duplicates(key, keep="last")
+
+    def _dataset(self) -> pads.Dataset:
+        return pads.dataset(list(self.files), filesystem=self.fs, format=self.file_format)
 
 
 def _local_log(path: str, file_format: pads.FileFormat, columns: dict[str, str],
@@ -264,13 +266,15 @@ def _table(cfg: DataConfig) -> RawData:
     # A log the data stage will read in this process gives its inline attributes from the same read, not
     # from two Ray Data jobs (seconds each, for a few rows).
     small = local is not None and cfg.in_process_max_rows > 0 and local.has_at_most(cfg.in_process_max_rows)
-    for side, key, cols in (("user", cfg.user_col, inline_user), ("item", cfg.item_col, inline_item)):
-        if not cols:
-            continue
+
+    def with_inline(base: pd.DataFrame | None, key: str, cols: list[str]) -> pd.DataFrame:
         attrs = local.attributes(key, cols) if small else _attributes_from_log(ds, key, cols)
-        base = users if side == "user" else items
-        attrs = attrs if base is None else base.merge(attrs, on=key, how="outer")
-        users, items = (attrs, items) if side == "user" else (users, attrs)
+        return attrs if base is None else base.merge(attrs, on=key, how="outer")
+
+    if inline_user:
+        users = with_inline(users, cfg.user_col, inline_user)
+    if inline_item:
+        items = with_inline(items, cfg.item_col, inline_item)
     if users is not None:
         users = users.rename(columns={cfg.user_col: USER})
     if items is not None:
