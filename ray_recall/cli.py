@@ -4,6 +4,7 @@
     ray-recall train --config ...            (preprocess | train | embed | index | evaluate)
     ray-recall serve --run-dir runs/x [--port 8000]
     ray-recall recall --run-dir runs/x --user-id 1 [--k 10]
+    ray-recall export --run-dir runs/x [--out DIR]   (the towers as ONNX, for serving outside Ray)
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run-dir", required=True)
     s.add_argument("--user-id", required=True)
     s.add_argument("--k", type=int, default=10)
+    s = sub.add_parser("export", help="write the user and item towers as ONNX (needs ray_recall[export])")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--out", help="where to write them (any URI; default <run-dir>/export)")
     return p
 
 
@@ -87,6 +91,11 @@ def _main(args) -> int:
 
         user = yaml.safe_load(args.user_id)
         print(json.dumps(Recaller(args.run_dir).recall(user, args.k), indent=2))
+        return 0
+    if args.command == "export":
+        from ray_recall.export import export_towers, summary
+
+        print(summary(export_towers(args.run_dir, args.out)))
         return 0
     if args.command == "serve":
         from ray_recall.serve.app import serve_forever

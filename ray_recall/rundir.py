@@ -21,6 +21,7 @@ writers below; no stage imports another. Layout (every directory written whole, 
     embeddings/                       embed: items/ (item_idx, embedding), users/ (user_idx, embedding), meta.json
     index/                            index: items.faiss, item_ids.npy, meta.json
     metrics.json, metrics_val.json    evaluate
+    export/                           `ray-recall export`: user_tower.onnx, item_tower.onnx, export.json
 
 Model files hold only tensors and plain values and are loaded with `torch.load(weights_only=True)`: a
 file that would need to unpickle anything else is refused.
@@ -51,6 +52,7 @@ MANIFEST = "manifest.json"
 # The data stage's file layout; data/meta.json records it, and data written in another layout is prepared again.
 DATA_LAYOUT = 2  # 2: per-partition files, sequences with their timestamps
 SPLITS = ("train", "val", "test")
+EXPORT_FILES = {"user": "user_tower.onnx", "item": "item_tower.onnx", "info": "export.json"}
 STAGES = ("preprocess", "train", "embed", "index", "evaluate")
 # The file whose presence says a stage's outputs are complete (each is written last, or in one staged directory).
 STAGE_OUTPUTS = {"preprocess": ("data", "meta.json"), "train": ("model", "model.pt"),
@@ -61,7 +63,7 @@ STAGE_FILES = {"preprocess": ("data",), "train": ("model",), "embed": ("embeddin
 # The stages whose outputs each stage (and Serve) reads.
 STAGE_INPUTS = {"preprocess": (), "train": ("preprocess",), "embed": ("preprocess", "train"),
                 "index": ("embed",), "evaluate": ("preprocess", "train", "embed"),
-                "serve": ("preprocess", "train", "embed", "index")}
+                "serve": ("preprocess", "train", "embed", "index"), "export": ("preprocess", "train")}
 # Config sections each stage's output depends on (cumulative along the pipeline).
 STAGE_SECTIONS = {
     "preprocess": ("data",),
@@ -230,6 +232,11 @@ class RunDir(Storage):
         """users: user_idx, raw_id, f_<feature>...; items: item_idx, raw_id, count, title, f_<feature>..."""
         self.write_parquet(users, at, "users.parquet")
         self.write_parquet(items, at, "items.parquet")
+
+    def vocabulary_files(self) -> dict:
+        """Where the vocabularies are, relative to the run: row r of each holds dense id r + 1 and its raw_id."""
+        return {"users": "data/users.parquet", "items": "data/items.parquet", "raw_id_column": "raw_id",
+                "dense_id": "row number + 1 (user_idx / item_idx); 0 is padding and an unknown id"}
 
     def read_user_vocab(self) -> Vocabulary:
         return Vocabulary(self.read_parquet("data", "users.parquet", columns=["raw_id"]).column("raw_id")
@@ -407,6 +414,25 @@ class RunDir(Storage):
         ids = np.load(io.BytesIO(self.read_bytes("index", "item_ids.npy")), allow_pickle=False)
         return IndexFiles(self.read_bytes("index", "items.faiss"), ids, meta["factory"], meta["metric"],
                           meta.get("search_params") or {})
+
+    # ---- exported towers ---------------------------------------------------------------------
+    def export_uri(self) -> str:
+        return self.uri_of("export")
+
+    def write_export(self, towers: dict[str, bytes], info: dict, out: str | None = None) -> str:
+        """The ONNX file of each tower ({"user": bytes, "item": bytes}) and export.json, in <run>/export/ (written
+        whole) or in `out` (any URI); returns where they are."""
+        if out is None:
+            with self.staged_dir("export") as tmp:
+                for side, data in towers.items():
+                    self.write_bytes(data, tmp, EXPORT_FILES[side])
+                self.write_json(info, tmp, EXPORT_FILES["info"])
+            return self.export_uri()
+        store = Storage(out)
+        for side, data in towers.items():
+            store.write_bytes(data, EXPORT_FILES[side])
+        store.write_json(info, EXPORT_FILES["info"])
+        return store.uri
 
     # ---- metrics ------------------------------------------------------------------------------
     def write_metrics(self, out: dict, split: str = "test") -> None:
