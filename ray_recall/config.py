@@ -349,7 +349,22 @@ class ComputeConfig(_Section):
         return max(meta["num_items"], meta["num_sequence_users"]) <= self.in_process_max_users
 
 
-SECTIONS = ("data", "model", "train", "index", "eval", "compute")
+class TrackingConfig(_Section):
+    """Experiment tracking with MLflow (ray_recall/tracking.py). Part of no stage's hash: turning it on or
+    pointing it elsewhere re-runs nothing."""
+
+    _path: ClassVar[str] = "tracking"
+
+    enabled: StrictBool = True
+    """log every pipeline run to MLflow (RAY_RECALL_TRACKING=0 in the environment turns it off too)"""
+    uri: StrictStr | None = None
+    """tracking URI (http://host:5000, databricks, sqlite:///path.db); null: MLFLOW_TRACKING_URI, else
+    <run_dir's parent>/mlflow.db with artifacts in <parent>/mlartifacts"""
+    experiment: StrictStr = "ray_recall"
+    """MLflow experiment name (created on first use)"""
+
+
+SECTIONS = ("data", "model", "train", "index", "eval", "compute", "tracking")
 
 
 class PipelineConfig(_Section):
@@ -363,6 +378,7 @@ class PipelineConfig(_Section):
     index: IndexConfig = Field(default_factory=IndexConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @classmethod
     def from_yaml(cls, path: str) -> "PipelineConfig":

@@ -10,6 +10,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+# No MLflow run per test pipeline (each new store costs seconds of migrations); the shared `trained_run` is tracked.
+os.environ["RAY_RECALL_TRACKING"] = "0"
 # Credentials for the local S3-compatible server of test_s3.py (it accepts any). Set before Ray starts,
 # so its workers inherit them the way cluster nodes get theirs from their environment.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -56,9 +58,14 @@ def quiet_log():
 
 @pytest.fixture(scope="session")
 def trained_run(ray_session, tmp_path_factory):
-    """A tiny synthetic run with every stage done (preprocess, train, embed, index, evaluate); shared read-only."""
+    """A tiny synthetic run with every stage done (preprocess, train, embed, index, evaluate), tracked in MLflow
+    (<parent>/mlflow.db); shared read-only."""
     from ray_recall.pipeline import run_pipeline
 
-    cfg = tiny_config(tmp_path_factory.mktemp("trained") / "run")
-    out = run_pipeline(cfg, log=lambda *_: None)
+    cfg = tiny_config(tmp_path_factory.mktemp("trained") / "run", **{"tracking.experiment": "tiny"})
+    os.environ["RAY_RECALL_TRACKING"] = "1"  # this run is tracked (tests/test_tracking.py reads it back)
+    try:
+        out = run_pipeline(cfg, log=lambda *_: None)
+    finally:
+        os.environ["RAY_RECALL_TRACKING"] = "0"
     return cfg, out

@@ -24,6 +24,7 @@ from ray_recall.rundir import ModelFile, RunDir, read_checkpoint_dir, write_chec
 from ray_recall.stages.train.batches import SequenceBatchBuilder, examples_per_user, rows_per_chunk, split_batches
 from ray_recall.stages.train.comm import gather_rows, setup_grad_sync
 from ray_recall.stages.train.step import ItemTables, batch_loss
+from ray_recall.tracking import EpochLogger
 
 
 def resolve_targets(tc: TrainConfig, model_name: str) -> str:
@@ -199,6 +200,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Rank 0 validates on a seeded sample of at most val_max_users users, read from as few partition
     # files as hold it: its memory follows the sample, not the log.
     val = run.read_sequence_sample(tc.val_max_users, tc.seed) if rank == 0 else None
+    log_epoch = EpochLogger(loop_config.get("tracking") if rank == 0 else None)
 
     shard = ray.train.get_dataset_shard("train")
     per_worker_batch = max(1, tc.batch_size // world)
@@ -239,6 +241,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                   f"{tc.selection_metric} {metrics[tc.selection_metric]:.4f} "
                   f"({metrics['samples'] / metrics['epoch_seconds']:.0f} targets/s)"
                   + (" - early stop" if stop[0] else ""), flush=True)
+            log_epoch(metrics, step=epoch)
             with tempfile.TemporaryDirectory() as d:
                 write_checkpoint_dir(d, model_file(core, cfg), trainer.optimizer.state_dict(), epoch, history)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -48,13 +48,14 @@ def latest_checkpoint(run: RunDir, name: str) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint(kept[max(kept)], filesystem=run.fs) if kept else None
 
 
-def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> dict:
+def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tracking: dict | None = None) -> dict:
     """Train on <run>/data/train with N DDP workers; returns the training summary written to model/training.json.
 
     Without `resume` the config's checkpoint directory is cleared and training starts from scratch.
     With it, Ray Train finds the run's earlier checkpoints (same name and storage path) and the
     loop continues after the last completed epoch. Worker failures within a run are retried
-    `train.max_failures` times, each time from the last checkpoint.
+    `train.max_failures` times, each time from the last checkpoint. `tracking`: the MLflow run the
+    rank-0 worker logs each epoch to (`tracking.Tracker.link()`), or None.
     """
     meta = run.read_meta()  # fails clearly if the data stage has not run
     if meta["samples"]["train"] == 0:
@@ -79,7 +80,8 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False) -> 
         train_loop_per_worker,
         # Ray Train V2 has no resume_from_checkpoint: the loop loads `resume_from` itself when Ray Train
         # hands it no checkpoint of its own (those come from worker restarts within this fit).
-        train_loop_config={"cfg": cfg, "run_uri": run.uri, "resume_from": start_from.path if start_from else None},
+        train_loop_config={"cfg": cfg, "run_uri": run.uri, "resume_from": start_from.path if start_from else None,
+                           "tracking": tracking},
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker},
