@@ -213,7 +213,7 @@ def run_submitted(args, work: str) -> dict:
     paths = generate(work, size)
     run = os.path.join(work, f"sasrec_{size}M_submitted")
     shutil.rmtree(run, ignore_errors=True)
-    head = start_head(num_cpus=2)
+    head = start_head(num_cpus=2, multinode=True)
     node = None
     try:
         node = add_node(head, num_cpus=2)

@@ -1,7 +1,9 @@
-"""Joining or starting Ray, with the project's settings: quiet Ray logs, Ray Data errors that keep their type."""
+"""Joining or starting Ray, with the project's settings: quiet Ray logs, Ray Data errors that keep their type,
+and a Ray started here reachable from this machine only."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -30,8 +32,40 @@ def configure_ray_data(quiet: bool = False) -> None:
         ctx.enable_progress_bars = False
 
 
+# Ray 2.60 on Linux takes the node IP from the route to the outside world and replaces a node IP of 127.0.0.1
+# (`ray.init(_node_ip_address=...)`, `ray start --node-ip-address`) by that address; its gRPC servers
+# (GCS, raylet, object manager, every worker) then listen on all interfaces and the agents on that
+# address. With this variable at 0 Ray keeps to its single-machine mode (the default on macOS and
+# Windows): the node IP is 127.0.0.1 and every server binds it. Such a node cannot be joined by others:
+# `ray start --address` refuses to start a worker node under it.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """Within the block, a Ray started here (`ray.init(address="local")`) binds its ports to 127.0.0.1 only.
+
+    Ray reads LOCAL_ONLY_ENV once, when it is imported, so the constant it was read into is set as well;
+    the processes the new node starts inherit the variable. Both are restored on leaving, so that a later
+    `ray.init(address=<cluster>)` in this process sees the machine's own address again.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
+
+
 def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
-    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray in-process."""
+    """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray in-process,
+    listening on 127.0.0.1 only (`loopback_only`)."""
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         address = os.environ.get("RAY_ADDRESS")
@@ -40,7 +74,8 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
             ray.init(address=address, **kwargs)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            with loopback_only():
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
     configure_ray_data(quiet)
 
 

@@ -20,12 +20,16 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray with 4 logical CPUs on this 2-core box (so Train workers and Ray Data tasks never starve each other)."""
+    """A local Ray with 4 logical CPUs on this 2-core box (so Train workers and Ray Data tasks never starve each other),
+    listening on 127.0.0.1 only (tests/test_network.py checks it)."""
     import ray
     from ray.data import DataContext
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=int(1e9),
-             log_to_driver=False, logging_level="ERROR")
+    from ray_recall.runtime import loopback_only
+
+    with loopback_only():
+        ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=int(1e9),
+                 log_to_driver=False, logging_level="ERROR")
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

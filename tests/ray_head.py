@@ -183,13 +183,20 @@ class Head:
             time.sleep(POLL_S)
 
 
-def start_head(num_cpus: int = 2, fake_autoscaling: dict | None = None) -> Head:
+def start_head(num_cpus: int = 2, fake_autoscaling: dict | None = None, multinode: bool = False) -> Head:
     """Start a private head and wait until its job API answers.
+
+    A single-node head listens on 127.0.0.1 only (`ray_recall.runtime.LOCAL_ONLY_ENV`). One that other
+    nodes join (`multinode`, for `add_node`, or `fake_autoscaling`) keeps Ray's cluster mode: it advertises
+    the machine's address and its gRPC servers listen on every interface, as on a real cluster.
 
     fake_autoscaling: a fake_multinode launcher config. The head is then started with
     RAY_FAKE_CLUSTER=1 and --autoscaling-config, and the config's provider is pointed at this
     head's GCS port (the fake provider would otherwise join nodes to 6379, which may be anyone's).
     """
+    from ray_recall.runtime import LOCAL_ONLY_ENV
+
+    multinode = multinode or fake_autoscaling is not None
     temp_dir = tempfile.mkdtemp(prefix="rrh_", dir="/tmp")  # unix socket paths under it must stay < 108 bytes
     (gcs, dash, agent_http, agent_grpc, env_agent, client, node_mgr, obj_mgr, metrics) = free_ports(9)
     lo, hi = worker_port_range()
@@ -199,6 +206,9 @@ def start_head(num_cpus: int = 2, fake_autoscaling: dict | None = None) -> Head:
            # which has ray_recall's dependencies installed.
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)  # the client gets --address; the head must not try to join anything
+    env.pop(LOCAL_ONLY_ENV, None)
+    if not multinode:
+        env[LOCAL_ONLY_ENV] = "0"  # --node-ip-address 127.0.0.1 then holds: every port on loopback
     cmd = [RAY, "start", "--head", "--block", "--temp-dir", temp_dir, "--node-ip-address", "127.0.0.1",
            "--num-cpus", str(num_cpus), "--object-store-memory", str(500 * 1024**2), "--disable-usage-stats",
            "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
@@ -207,11 +217,11 @@ def start_head(num_cpus: int = 2, fake_autoscaling: dict | None = None) -> Head:
            "--ray-client-server-port", str(client), "--node-manager-port", str(node_mgr),
            "--object-manager-port", str(obj_mgr), "--metrics-export-port", str(metrics),
            "--min-worker-port", str(lo), "--max-worker-port", str(hi)]
-    # The head resolves 127.0.0.1 to the machine's own address for the GCS; clients and fake
+    # In cluster mode the head resolves 127.0.0.1 to the machine's own address for the GCS; other
     # nodes use the address Ray itself picks, so that they meet the GCS where it listens.
-    from ray._private.services import get_node_ip_address
+    from ray._common.network_utils import node_ip_address_from_perspective
 
-    gcs_address = f"{get_node_ip_address()}:{gcs}"
+    gcs_address = f"{node_ip_address_from_perspective(None) if multinode else '127.0.0.1'}:{gcs}"
     if fake_autoscaling is not None:
         config = json.loads(json.dumps(fake_autoscaling))
         config["provider"]["gcs_address"] = gcs_address
@@ -226,6 +236,7 @@ def start_head(num_cpus: int = 2, fake_autoscaling: dict | None = None) -> Head:
         proc = subprocess.Popen(cmd, env=env, cwd=temp_dir, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     head = Head(temp_dir, env, proc, f"http://127.0.0.1:{dash}", log_path, cmd, gcs_address)
+    head.multinode = multinode
     deadline = time.monotonic() + HEAD_START_S
     while True:
         if proc.poll() is not None:
@@ -276,7 +287,9 @@ def stop_head(head: Head) -> None:
 
 def add_node(head: Head, num_cpus: int = 2, timeout: float = 180) -> subprocess.Popen:
     """Start a second node joining `head` (its own temp dir and ports, inside the head's temp dir so that
-    stop_head finds and stops its processes too); returns once the cluster counts it. Terminate it yourself."""
+    stop_head finds and stops its processes too); returns once the cluster counts it. Terminate it yourself.
+    The head must have been started with multinode=True (a loopback-only head cannot be joined)."""
+    assert head.multinode, "start_head(multinode=True) for a head that other nodes join"
     node_dir = Path(head.temp_dir) / f"node{len(head.alive_nodes()) + 1}"
     node_dir.mkdir()
     node_mgr, obj_mgr, metrics, agent_http, agent_grpc, env_agent = free_ports(6)

@@ -150,3 +150,25 @@ def test_serve_deploy_of_the_cluster_config(ray_head, trained_run, tmp_path):
     finally:
         down = _serve_cli(ray_head, "shutdown", "-y")
         assert down.returncode == 0, down.stdout[-2000:] + down.stderr[-2000:]
+
+
+def test_head_listens_on_loopback_only(ray_head):
+    """Every process of the private head (`ray start --node-ip-address 127.0.0.1` with Ray's single-machine
+    mode: tests/ray_head.py) listens on 127.0.0.1 only: GCS, raylet, dashboard, agents, Ray Client server,
+    the workers of the jobs and of Serve above."""
+    from tests.ray_head import processes_under
+    from tests.sockets import listeners
+
+    expected = {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+    deadline = time.monotonic() + 60  # the raylet and its agents may come up after the job API answers
+    while True:
+        found = listeners(processes_under(ray_head.temp_dir))
+        if expected <= {f.process for f in found}:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"not all of {sorted(expected)} listen: {sorted({f.process for f in found})}")
+        time.sleep(1.0)
+    names = " | ".join(sorted({f.process for f in found}))
+    assert any(f.port == int(ray_head.dashboard.rsplit(":", 1)[1]) for f in found), names
+    exposed = [str(f) for f in found if not f.loopback]
+    assert not exposed, "listening beyond loopback:\n" + "\n".join(exposed)

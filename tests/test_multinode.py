@@ -19,7 +19,7 @@ def two_nodes():
     Each node runs one training worker (1 CPU); the other CPU is for Ray Data, whose read tasks
     each take a whole CPU: with 1 CPU per node they would wait forever behind the workers.
     """
-    head = start_head(num_cpus=2)
+    head = start_head(num_cpus=2, multinode=True)
     node = None
     try:
         node = add_node(head, num_cpus=2)

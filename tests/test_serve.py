@@ -158,6 +158,24 @@ def test_openapi_schema_describes_the_endpoint(endpoint):
     assert "422" in recall["responses"]
 
 
+def test_endpoint_listens_on_loopback_only(endpoint):
+    """The Serve controller, proxy and replica of the session's loopback Ray listen on 127.0.0.1 only, the
+    replica's inter-deployment gRPC server included (Ray Serve 2.60 starts it on every interface; the
+    deployment binds it to the node's address: serve/app.py `_inter_deployment_grpc_on_loopback`)."""
+    import ray
+
+    from tests.sockets import listeners, with_descendants
+
+    node = ray._private.worker._global_node
+    ray_pids = with_descendants([p.process.pid for infos in node.all_processes.values() for p in infos])
+    serve_sockets = [f for f in listeners(ray_pids) if f.process.startswith(("ray::Serve", "ray::ProxyActor"))]
+    replica = [f for f in serve_sockets if f.process.startswith("ray::ServeReplica")]
+    assert len(replica) >= 2, f"the replica's core-worker and inter-deployment gRPC servers: {serve_sockets}"
+    assert any(f.port == int(endpoint[0].rsplit(":", 1)[1]) for f in serve_sockets), serve_sockets
+    exposed = [str(f) for f in serve_sockets if not f.loopback]
+    assert not exposed, "listening beyond loopback:\n" + "\n".join(exposed)
+
+
 def test_vocabulary_lookup_of_request_ids_is_bounded_and_exact():
     """Request ids are normalized one by one to the vocabulary's type: no conversion of the whole vocabulary
     (the cost of a 1M-character id used to be 4 bytes x its length x the vocabulary size), exact matches only."""

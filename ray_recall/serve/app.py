@@ -309,6 +309,35 @@ RECALL_RESPONSES = {401: {"description": "auth=token and no or a wrong bearer to
 
 
 # Defined before the deployment: Serve pickles the class when it is decorated, with the globals it sees then.
+def _inter_deployment_grpc_on_loopback() -> None:
+    """On a loopback-only node, make this replica's inter-deployment gRPC server listen on the node's address.
+
+    Ray Serve 2.60 starts that server in every replica on "[::]:0", every interface, whatever the node's
+    address (ray/serve/_private/replica.py, `_on_initialized`, which runs after the deployment's __init__),
+    and has no setting for it. On a node whose IP is a loopback address (a Ray the project started itself:
+    `runtime.loopback_only`) every peer is on this machine, so the server is bound to that address instead.
+    A cluster node is left as Ray has it. Nothing happens if Ray no longer has the function this replaces.
+    """
+    import ipaddress
+
+    import ray
+    from ray.serve._private import replica as serve_replica
+
+    node_ip = ray.util.get_node_ip_address()
+    bind = getattr(serve_replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "loopback_only", False) or not ipaddress.ip_address(node_ip).is_loopback:
+        return
+    host = f"[{node_ip}]" if ":" in node_ip else node_ip
+
+    def bind_node_address(server, address: str):
+        if address.startswith("[::]:") or address.startswith("0.0.0.0:"):
+            address = f"{host}:{address.rsplit(':', 1)[1]}"
+        return bind(server, address)
+
+    bind_node_address.loopback_only = True
+    serve_replica.add_port_to_grpc_server = bind_node_address
+
+
 def _run_dir_of(user_config) -> str:
     if not isinstance(user_config, dict) or set(user_config) != {"run_dir"} or not isinstance(user_config["run_dir"], str):
         raise ValueError(f"RecallDeployment's user_config must be {{\"run_dir\": <run directory>}}, got {user_config!r}")
@@ -331,6 +360,7 @@ class RecallDeployment:
 
         # Replicas share the node's cores: concurrent requests are the parallelism (Recaller pins FAISS likewise).
         torch.set_num_threads(1)
+        _inter_deployment_grpc_on_loopback()
         parsed = ServeSettings.parse(settings, "RecallDeployment")
         self.settings, self.limits = parsed.replica_args(), parsed.limits()
         self._token = parsed.read_token()  # never in self.settings, which healthz shows
