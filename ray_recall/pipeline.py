@@ -20,6 +20,7 @@ from typing import Callable
 
 import ray
 
+from ray_recall import faults
 from ray_recall.config import PipelineConfig
 from ray_recall.errors import ConfigError
 from ray_recall.models import check_model_config
@@ -66,9 +67,12 @@ def _run_stage(cfg: PipelineConfig, stage: str, force: bool, log, resume: bool =
         _log_stage(tracker, run, stage, cfg)
         return run.stage_summary(stage), False
     run.verify_stages(stage)  # what it reads is what the earlier stages wrote
+    run.forget_stage(stage)  # recorded again only once all of its outputs are in place
     t0 = time.perf_counter()
     extra = {"resume": resume, "tracking": _live_link(tracker)} if stage == "train" else {}
-    summary = _STAGE_FNS[stage](cfg, run, log=log, **extra)
+    with faults.in_stage(stage):
+        summary = _STAGE_FNS[stage](cfg, run, log=log, **extra)
+        faults.point("written")
     seconds = round(time.perf_counter() - t0, 2)
     run.record_stage(stage, cfg, seconds=seconds, summary=_small(summary))
     _log_stage(tracker, run, stage, cfg, seconds)

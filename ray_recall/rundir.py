@@ -176,6 +176,14 @@ class RunDir(Storage):
         done = bool(info) and info.get("config_hash") == stage_hash(cfg, stage) and self.exists(*STAGE_OUTPUTS[stage])
         return done and (stage != "preprocess" or self.read_meta().get("layout") == DATA_LAYOUT)
 
+    def forget_stage(self, stage: str) -> None:
+        """Drop `stage` from the manifest, before it writes anything: whatever an interrupted run of it leaves
+        behind (a directory partly copied into place on an object store, a complete one never recorded) is
+        then never taken as complete, even where an earlier run of the same config had recorded it."""
+        manifest = self.manifest()
+        if manifest["stages"].pop(stage, None) is not None:
+            self.write_json(manifest, MANIFEST)
+
     def record_stage(self, stage: str, cfg: PipelineConfig, **info) -> None:
         """Mark `stage` finished for `cfg`, with the size and SHA-256 of every file it wrote (STAGE_FILES)."""
         manifest = self.manifest()

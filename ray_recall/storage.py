@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ray_recall import faults
+
 
 class Storage:
     """A root directory on any filesystem pyarrow knows; every part path is relative to it."""
@@ -85,11 +87,19 @@ class Storage:
         except BaseException:
             self._delete(tmp)
             raise
+        faults.point("staged")
         final = self.path(name)
         if not self.is_local:
             # Object stores cannot rename a directory: replace the old one by a copy of the new one.
-            # Not atomic: a copy interrupted here leaves a partial directory (re-run the stage with --force).
+            # Not atomic: a copy interrupted here leaves a partial directory. The manifest is what says a
+            # stage is complete: the pipeline drops a stage's entry before the stage writes anything and
+            # records it after this returns, so a partial copy is never taken as complete.
             self._delete(final)
+            if faults.armed("copying"):  # the test hook: one file copied, then the process dies
+                first = next(i for i in self.fs.get_file_info(pafs.FileSelector(tmp, recursive=True))
+                             if i.type == pafs.FileType.File)
+                self.fs.copy_file(first.path, final + first.path[len(tmp):])
+                faults.point("copying")
             pafs.copy_files(tmp, final, source_filesystem=self.fs, destination_filesystem=self.fs)
             self._delete(tmp)
         elif self.exists(name):
