@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 
 import ray
@@ -68,6 +69,10 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     listening on 127.0.0.1 only (`loopback_only`)."""
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if not sys.stdout.isatty():
+            # Ray colours the "(ProxyActor pid=...)" prefix of the worker lines it prints here: raw escape
+            # codes in a log file or a pipe. Read at each print, so setting it here is enough.
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         address = os.environ.get("RAY_ADDRESS")
         kwargs = dict(logging_level="ERROR", log_to_driver=not quiet)
         if address:

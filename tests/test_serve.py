@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from tests.serve_http import free_port, wait_ready
+from tests.test_s3 import s3  # noqa: F401  the local S3-compatible server (a fixture)
 
 APP = "ray_recall_test"
 K = 7
@@ -193,3 +194,153 @@ def test_vocabulary_lookup_of_request_ids_is_bounded_and_exact():
     assert digits.encode([7, 10, "7"]).tolist() == [2, 1, 2]  # 7 names the item "7"
     fixed = Vocabulary(np.array(["ab", "cd"]), "item")  # fixed-width: longer values cannot match
     assert fixed.encode(["cd", "cdx" * 1000, "ab"]).tolist() == [2, 0, 1]
+
+
+def _replica_log_lines(app: str) -> list[str]:
+    """Every line the replicas of Serve application `app` wrote to their log files in this session."""
+    import glob
+
+    import ray
+
+    logs = ray._private.worker._global_node.get_logs_dir_path()
+    lines = []
+    for path in glob.glob(os.path.join(logs, "serve", f"replica_{app}_*.log")):
+        with open(path, errors="replace") as f:
+            lines += f.read().splitlines()
+    return lines
+
+
+def test_requests_log_nothing_and_an_internal_error_one_line_with_its_request_id(endpoint, recaller, tmp_path):
+    """Answered requests (200, 404, 422) leave no line in the replica's log (the access log is off); an internal
+    error, here from a run whose index names items the run does not have (its checksums re-recorded, as a tool
+    that rewrites a file does), is a 500 naming the request id and one ERROR line with it, no traceback."""
+    import shutil
+    import time
+    import uuid
+
+    import numpy as np
+    from ray import serve
+
+    from ray_recall.rundir import RunDir
+    from ray_recall.serve.app import build_app
+
+    url, cfg = endpoint
+    user = _users(recaller, 1)[0]
+    answered = []
+    for body, status in (({"user_id": user, "k": 3}, 200), ({"user_id": "nobody", "k": 3}, 404), ({"k": 3}, 422)):
+        rid = f"rr-{status}-{uuid.uuid4().hex[:8]}"
+        r = _post(url, body, headers={"x-request-id": rid})
+        assert r.status_code == status and r.headers.get("x-request-id") == rid, r.text
+        answered.append(rid)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(cfg.run_dir, broken)
+    ids_path = broken / "index" / "item_ids.npy"
+    np.save(ids_path, np.load(ids_path) + 10**6, allow_pickle=False)
+    RunDir(str(broken)).record_files("index")
+    app = "broken_run"
+    serve.run(build_app(str(broken)), name=app, route_prefix="/broken")
+    try:
+        wait_ready(url, ("/broken",), timeout=120)
+        rid = f"rr-500-{uuid.uuid4().hex[:8]}"
+        r = requests.post(f"{url}/broken/recall", json={"user_id": user, "k": 3}, headers={"x-request-id": rid},
+                          timeout=30)
+        assert r.status_code == 500 and rid in r.json()["detail"], r.text
+        deadline = time.monotonic() + 30  # the log file is written a moment later
+        while not (lines := [line for line in _replica_log_lines(app) if rid in line]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(lines) == 1 and "500" in lines[0] and "IndexError" in lines[0], lines
+        assert not [line for line in _replica_log_lines(app) if "Traceback" in line]
+    finally:
+        serve.delete(app)
+    assert not [line for line in _replica_log_lines(APP) if any(rid in line for rid in answered)]
+
+
+class _SlowProxy:
+    """A TCP forwarder to `target` that holds each chunk of the server's answers for `delay` seconds: a slow store."""
+
+    def __init__(self, target: int, delay: float):
+        import socket
+        import threading
+
+        self.target, self.delay = target, delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, delay: float):
+        import time
+
+        try:
+            while data := src.recv(65536):
+                time.sleep(delay)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self):
+        self.server.close()
+
+
+def test_healthz_answers_503_at_once_while_the_first_run_loads(endpoint, recaller, s3):  # noqa: F811
+    """The first replica of an app loads its run in the background: meanwhile /healthz answers 503 "starting"
+    at once (Serve's proxy would otherwise hold it until the load ends), a recall sent then waits and is
+    answered, and /healthz turns 200 once the run is in. The run is read from S3 through a slow link."""
+    import threading
+    import time
+
+    import pyarrow.fs as pafs
+    from ray import serve
+
+    from ray_recall.serve.app import build_app
+
+    url, cfg = endpoint
+    opts, fs = s3
+    pafs.copy_files(cfg.run_dir, "recall/runs/served", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    proxy = _SlowProxy(int(opts.split("endpoint_override=127.0.0.1:")[1].split("&")[0]), delay=0.05)
+    app = "slow_start"
+    user = _users(recaller, 1)[0]
+    recalled = []
+    try:
+        serve.run(build_app(f"s3://recall/runs/served?endpoint_override=127.0.0.1:{proxy.port}&scheme=http"),
+                  name=app, route_prefix="/slow")
+        asker = threading.Thread(target=lambda: recalled.append(
+            requests.post(f"{url}/slow/recall", json={"user_id": user, "k": 3}, timeout=300)), daemon=True)
+        answers, deadline = [], time.monotonic() + 300
+        while time.monotonic() < deadline:
+            t = time.monotonic()
+            r = requests.get(f"{url}/slow/healthz", timeout=30)
+            if r.status_code == 404:  # the proxy has not learnt the route yet
+                continue
+            answers.append((r.status_code, time.monotonic() - t, r.json()))
+            if not asker.is_alive() and not recalled:
+                asker.start()
+            if r.status_code == 200:
+                break
+            time.sleep(0.2)
+        assert answers[0][0] == 503 and answers[0][2]["status"] == "starting", answers[:3]
+        assert answers[-1][0] == 200 and answers[-1][2]["run"].startswith("s3://recall/runs/served"), answers[-1]
+        assert max(dt for status, dt, _ in answers if status == 503) < 2.0, answers
+        asker.join(timeout=300)
+        assert recalled and recalled[0].status_code == 200, recalled and recalled[0].text
+        assert [it["item_id"] for it in recalled[0].json()["items"]] == [it["item_id"] for it in recaller.recall(user, 3)]
+    finally:
+        serve.delete(app)
+        proxy.close()

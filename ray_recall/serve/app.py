@@ -278,6 +278,32 @@ class RecallResponse(BaseModel):
 fastapi_app = FastAPI(title="ray_recall", description="Top-K recall for the users of a trained run, or for a history.")
 
 
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(e).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _request_id() -> str:
+    """Serve's id of the request being answered (the proxy returns it to the client as x-request-id)."""
+    try:
+        return serve.context._get_serve_request_context().request_id or "-"
+    except Exception:  # Ray Serve's private API: never let it cost an answer
+        return "-"
+
+
+@fastapi_app.middleware("http")
+async def _one_line_per_error(request: Request, call_next):
+    """An unexpected error is a 500 whose body names the request id, and one ERROR line in the replica's log
+    (no traceback). Client errors (4xx) log nothing: the access log, off by default, has them."""
+    try:
+        return await call_next(request)
+    except Exception as e:
+        rid = _request_id()
+        logging.getLogger("ray.serve").error("recall: 500 for request %s (%s %s): %s: %s", rid, request.method,
+                                             request.url.path, type(e).__name__, _one_line(e))
+        return JSONResponse({"detail": f"internal error (request id {rid})"}, status_code=500)
+
+
 @fastapi_app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # Errors built here are already cut short; FastAPI's own (a query parameter, say) are cut here.
@@ -338,6 +364,17 @@ def _inter_deployment_grpc_on_loopback() -> None:
     serve_replica.add_port_to_grpc_server = bind_node_address
 
 
+def _replicas_running() -> int:
+    """How many replicas of this replica's deployment Serve counts as running (0 if it cannot tell)."""
+    try:
+        ctx = serve.get_replica_context()
+        app = serve.status().applications.get(ctx.app_name)
+        deployment = app.deployments.get(ctx.deployment) if app else None
+        return int(deployment.replica_states.get("RUNNING", 0)) if deployment else 0
+    except Exception:
+        return 0
+
+
 def _run_dir_of(user_config) -> str:
     if not isinstance(user_config, dict) or set(user_config) != {"run_dir"} or not isinstance(user_config["run_dir"], str):
         raise ValueError(f"RecallDeployment's user_config must be {{\"run_dir\": <run directory>}}, got {user_config!r}")
@@ -368,16 +405,26 @@ class RecallDeployment:
         self._batch.set_batch_wait_timeout_s(self.settings["batch_wait_timeout_s"])
         self.recaller: Recaller | None = None  # set by reconfigure, which Serve calls right after __init__
         self.reload_error: str | None = None  # why the last run switch failed, while the previous run serves
+        self.start_error: str | None = None  # why the first run failed to load (a start-up in the background)
+        self._starting: asyncio.Task | None = None  # that load
         self._swap = asyncio.Lock()
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     async def reconfigure(self, user_config: dict) -> None:
         """user_config {"run_dir": ...}: load that run completely, then swap it in (a no-op if it is already loaded).
 
-        A run that fails to load is never swapped in. At start-up that fails the replica (Serve reports it);
-        on a running replica the current run stays in service and healthz shows the error as "reload_error",
-        so that a bad path or a half-written run cannot take a serving endpoint down.
+        A run that fails to load is never swapped in. On a running replica the current run stays in service and
+        healthz shows the error as "reload_error", so that a bad path or a half-written run cannot take a serving
+        endpoint down. A replica that starts beside running ones (more replicas, a new version, a replacement)
+        loads before Serve routes anything to it; a load that fails then fails the replica (Serve reports it).
+        The first replicas of a deployment load in the background instead: nothing else could answer, and
+        Serve's proxy would hold every request, /healthz included, until the load ends. Meanwhile /healthz
+        answers 503 at once, /recall waits for the load, and a failed load makes the replica unhealthy.
         """
+        if self.recaller is None and self._starting is None and not await asyncio.to_thread(_replicas_running):
+            await self._swap.acquire()  # held until the load ends: a reconfigure meanwhile waits for it
+            self._starting = asyncio.create_task(self._start(user_config))
+            return
         async with self._swap:
             try:
                 run_dir = _run_dir_of(user_config)
@@ -395,12 +442,37 @@ class RecallDeployment:
                 return
             self.recaller, self.reload_error = loaded, None
 
+    async def _start(self, user_config: dict) -> None:
+        try:
+            self.recaller = await asyncio.to_thread(Recaller, _run_dir_of(user_config),
+                                                    unknown_items=self.settings["unknown_items"],
+                                                    max_history=self.settings["max_history"])
+        except Exception as e:
+            self.start_error = f"user_config {user_config!r}: {type(e).__name__}: {_one_line(e)}"
+            logging.getLogger("ray.serve").error("recall: cannot serve; %s", self.start_error)
+        finally:
+            self._swap.release()
+
+    def check_health(self) -> None:
+        """Serve's periodic check: a replica whose first run failed to load is replaced."""
+        if self.start_error:
+            raise RuntimeError(f"the run failed to load: {self.start_error}")
+
+    async def _started(self) -> None:
+        """Wait for a first load in the background; a 503 if there is none to wait for or it failed."""
+        if self.recaller is None and self._starting is not None:
+            await asyncio.shield(self._starting)
+        if self.recaller is None:
+            raise HTTPException(status_code=503, detail=f"not serving: {self.start_error or 'no run loaded yet'}",
+                                headers={"retry-after": "1"})
+
     @fastapi_app.post("/recall", response_model=RecallResponse, openapi_extra=RECALL_OPENAPI,
                       responses=RECALL_RESPONSES)
     async def recall(self, request: Request) -> dict:
         """RecallRequest -> {"user_id", "items": [{"item_id", "score", "title"}, ...] best first, "unknown_items", "batch_size"}."""
         if self._token is not None:
             check_token(request, self._token)
+        await self._started()
         req = await parse_request(request, self.limits)
         query = Query(user_id=req.user_id, history=req.history, k=req.k, exclude_seen=req.exclude_seen,
                       exclude=req.exclude)
@@ -425,7 +497,11 @@ class RecallDeployment:
     def healthz(self) -> dict:
         """-> {"status": "ok", "run": <run dir>, "model", "index": <factory>, "metric", "items", "users", "interests",
         "history_queries", "max_history", "unknown_items", "max_batch_size", "batch_wait_timeout_s", "replica",
-        "reload_error": null or why the last switch to another run failed}."""
+        "reload_error": null or why the last switch to another run failed}; while the first run loads,
+        503 {"status": "starting"} (or "failed", with "error") at once."""
+        if self.recaller is None:
+            return JSONResponse({"status": "failed" if self.start_error else "starting", "error": self.start_error,
+                                 "replica": self.replica}, status_code=503, headers={"retry-after": "1"})
         return {"status": "ok", **self.recaller.info, **self.settings, "replica": self.replica,
                 "reload_error": self.reload_error}
 
@@ -462,6 +538,25 @@ def _bind(settings: ServeSettings):
     return RecallDeployment.options(**options).bind(**settings.replica_args())
 
 
+def _wait_loaded(url: str, stop: threading.Event) -> None:
+    """Until the replicas have loaded the run (healthz 200); a RuntimeError naming why if it failed to load."""
+    import urllib.error
+    import urllib.request
+
+    while not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as e:
+            body = json.loads(e.read() or b"{}")
+            if body.get("status") == "failed":
+                raise RuntimeError(f"the endpoint cannot serve the run: {body.get('error')}") from None
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        stop.wait(0.5)
+
+
 def serve_forever(run_dir: str, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1) -> None:
     """Deploy the endpoint for `run_dir` on http://host:port/ and block until Ctrl-C or SIGTERM, then shut Serve down."""
     from ray_recall.rundir import RunDir
@@ -472,6 +567,7 @@ def serve_forever(run_dir: str, host: str = "127.0.0.1", port: int = 8000, repli
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         serve.run(build_app(run_dir, replicas), name=APP_NAME, route_prefix="/")
+        _wait_loaded(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}/healthz", stop)
         example = RunDir(_resolve(run_dir)).read_user_vocab().first(1)[0]
         url = f"http://{host}:{port}"
         print(f"Recall endpoint for {run_dir} at {url} ({replicas} replica{'s' if replicas != 1 else ''})\n"
