@@ -73,3 +73,26 @@ def trained_run(ray_session, tmp_path_factory):
     finally:
         os.environ["RAY_RECALL_TRACKING"] = "0"
     return cfg, out
+
+
+@pytest.fixture
+def s3():
+    """A local S3-compatible server (moto) on 127.0.0.1 with a bucket "recall": (options to append to s3:// URIs,
+    a pyarrow filesystem on the server); the server stops afterwards. Skipped without moto (the test extra)."""
+    import socket
+
+    import pyarrow.fs as pafs
+
+    moto_server = pytest.importorskip("moto.server", reason="pip install 'moto[server]' (the test extra)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        opts = f"endpoint_override=127.0.0.1:{port}&scheme=http"
+        fs, _ = pafs.FileSystem.from_uri(f"s3://recall?{opts}&allow_bucket_creation=true")
+        fs.create_dir("recall")
+        yield opts, fs
+    finally:
+        server.stop()

@@ -28,7 +28,6 @@ import pytest
 
 from tests.conftest import tiny_config
 from tests.ray_head import processes_under
-from tests.test_s3 import s3  # noqa: F401  the local S3-compatible server (a fixture)
 
 RUN_S = 300  # one CLI run at most, kill included
 
@@ -187,7 +186,7 @@ def test_killed_in_every_stage_then_rerun_gives_the_same_metrics(ray_session, tr
 
 
 @pytest.mark.timeout(3 * RUN_S)
-def test_copy_to_s3_killed_halfway_is_never_taken_as_complete(s3, tmp_path, ray_session):  # noqa: F811
+def test_copy_to_s3_killed_halfway_is_never_taken_as_complete(s3, tmp_path, ray_session):
     """On an object store a finished directory is copied into place file by file: a driver killed in the middle
     leaves part of it there. Here a `--force` run of a stage recorded as done is killed so; the previous
     run's manifest entry must not survive it: the plain command then prepares the data again (rather than

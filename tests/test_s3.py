@@ -5,8 +5,6 @@ Ray's workers reach it with no endpoint in their environment; the credentials co
 (tests/conftest.py sets dummy ones before Ray starts).
 """
 
-import socket
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -18,24 +16,7 @@ from ray_recall.stages.preprocess.synthetic import generate
 from ray_recall.pipeline import run_pipeline
 from ray_recall.rundir import RunDir
 
-moto_server = pytest.importorskip("moto.server", reason="pip install 'moto[server]' (the test extra)")
-
-
-@pytest.fixture
-def s3():
-    """(options to append to s3:// URIs, a pyarrow filesystem on the server); the server stops afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        opts = f"endpoint_override=127.0.0.1:{port}&scheme=http"
-        fs, _ = pafs.FileSystem.from_uri(f"s3://recall?{opts}&allow_bucket_creation=true")
-        fs.create_dir("recall")
-        yield opts, fs
-    finally:
-        server.stop()
+pytest.importorskip("moto.server", reason="pip install 'moto[server]' (the test extra)")
 
 
 def _cfg(path: str, run_dir: str, in_process_max_rows: int = 0) -> PipelineConfig:

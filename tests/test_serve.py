@@ -8,7 +8,6 @@ import pytest
 import requests
 
 from tests.serve_http import free_port, wait_ready
-from tests.test_s3 import s3  # noqa: F401  the local S3-compatible server (a fixture)
 
 APP = "ray_recall_test"
 K = 7
@@ -299,7 +298,7 @@ class _SlowProxy:
         self.server.close()
 
 
-def test_healthz_answers_503_at_once_while_the_first_run_loads(endpoint, recaller, s3):  # noqa: F811
+def test_healthz_answers_503_at_once_while_the_first_run_loads(endpoint, recaller, s3):
     """The first replica of an app loads its run in the background: meanwhile /healthz answers 503 "starting"
     at once (Serve's proxy would otherwise hold it until the load ends), a recall sent then waits and is
     answered, and /healthz turns 200 once the run is in. The run is read from S3 through a slow link."""
