@@ -5,12 +5,14 @@
     ray-recall serve --run-dir runs/x [--port 8000]
     ray-recall recall --run-dir runs/x --user-id 1 [--k 10]
     ray-recall export --run-dir runs/x [--out DIR]   (the towers as ONNX, for serving outside Ray)
+    ray-recall tune --config ... --space space.yaml [--num-samples 12] [--max-concurrent N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import yaml
@@ -19,7 +21,7 @@ from ray_recall.config import PipelineConfig
 from ray_recall.errors import RayRecallError
 from ray_recall.pipeline import check_config, run_pipeline, run_stage
 from ray_recall.rundir import STAGES
-from ray_recall.runtime import init_ray
+from ray_recall.runtime import VERBOSE_ENV, init_ray, quiet_library_warnings, verbose
 
 
 def load_config(args) -> PipelineConfig:
@@ -37,9 +39,13 @@ def load_config(args) -> PipelineConfig:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-recall", description="Train and serve recall models on Ray.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show Ray's own logs and every worker's output too (or RAY_RECALL_VERBOSE=1)")
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("pipeline",) + STAGES:
-        s = sub.add_parser(name, help="run every stage" if name == "pipeline" else f"run the {name} stage")
+        s = sub.add_parser(name, parents=[common],
+                           help="run every stage" if name == "pipeline" else f"run the {name} stage")
         s.add_argument("--config", help="YAML config (defaults apply to missing keys)")
         s.add_argument("--run-dir", help="override run_dir (local path or URI)")
         s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=3")
@@ -48,16 +54,27 @@ def _parser() -> argparse.ArgumentParser:
                        help="train: continue an interrupted run from its last checkpoint (same config, same run dir)")
         s.add_argument("--num-cpus", type=int, help="CPUs of the in-process Ray (ignored when joining a cluster)")
         s.add_argument("--samples", type=int, default=3, help="pipeline: sample recommendations to print")
-    s = sub.add_parser("serve", help="deploy the Ray Serve recall endpoint for a run")
+    s = sub.add_parser("tune", help="search hyperparameters on Ray Tune (ASHA on the validation metric)", parents=[common])
+    s.add_argument("--config", help="the base YAML config")
+    s.add_argument("--space", required=True, help="YAML of config keys to distributions, e.g. train.lr: loguniform(1e-4, 1e-2)")
+    s.add_argument("--run-dir", help="override run_dir of the base config (its data stage is shared by every trial)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the base config")
+    s.add_argument("--num-samples", type=int, default=12, help="trials (times every grid value)")
+    s.add_argument("--max-concurrent", type=int, help="trials at a time (default: as many as the cluster's CPUs hold now)")
+    s.add_argument("--grace-period", type=int, default=4, help="epochs before ASHA's first cut")
+    s.add_argument("--out", help="the search directory (default <run_dir>-tune)")
+    s.add_argument("--seed", type=int, default=0, help="the random search's seed")
+    s.add_argument("--num-cpus", type=int, help="CPUs of the in-process Ray (ignored when joining a cluster)")
+    s = sub.add_parser("serve", help="deploy the Ray Serve recall endpoint for a run", parents=[common])
     s.add_argument("--run-dir", required=True)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--replicas", type=int, default=1)
-    s = sub.add_parser("recall", help="top-K items for one user, without a server")
+    s = sub.add_parser("recall", help="top-K items for one user, without a server", parents=[common])
     s.add_argument("--run-dir", required=True)
     s.add_argument("--user-id", required=True)
     s.add_argument("--k", type=int, default=10)
-    s = sub.add_parser("export", help="write the user and item towers as ONNX (needs ray_recall[export])")
+    s = sub.add_parser("export", help="write the user and item towers as ONNX (needs ray_recall[export])", parents=[common])
     s.add_argument("--run-dir", required=True)
     s.add_argument("--out", help="where to write them (any URI; default <run-dir>/export)")
     return p
@@ -78,6 +95,10 @@ def print_samples(run_dir: str, n: int, k: int = 5) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    if not verbose():
+        quiet_library_warnings()
     try:
         return _main(args)
     except RayRecallError as e:
@@ -104,6 +125,12 @@ def _main(args) -> int:
         return 0
     cfg = load_config(args)
     init_ray(num_cpus=args.num_cpus)
+    if args.command == "tune":
+        from ray_recall.tuning import load_space, search
+
+        search(cfg, load_space(args.space), num_samples=args.num_samples, max_concurrent=args.max_concurrent,
+               grace_period=args.grace_period, out=args.out, seed=args.seed)
+        return 0
     if args.command == "pipeline":
         out = run_pipeline(cfg, force=args.force, resume=args.resume)
         print("\nStage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings"].items()))

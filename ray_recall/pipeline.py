@@ -47,18 +47,24 @@ def check_config(cfg: PipelineConfig) -> PipelineConfig:
     return cfg
 
 
-def run_stage(cfg: PipelineConfig, stage: str, *, force: bool = False, resume: bool = False, log=print) -> dict:
+def run_stage(cfg: PipelineConfig, stage: str, *, force: bool = False, resume: bool = False, log=print,
+              train_options: dict | None = None, tracking_name: str | None = None,
+              tracking_parent: str | None = None) -> dict:
     """Run one stage against cfg.run_dir (skipped when its outputs match the config), returning its summary.
 
     `resume` (train stage): continue from the last checkpoint of an interrupted run of the same config.
+    `train_options` (train stage): more keyword arguments of `stages.train.train` (Ray Train callbacks,
+    quiet workers), as a search's trials pass them. `tracking_name` / `tracking_parent`: the MLflow run's
+    name and parent run (a search's trials are children of the search).
     """
     check_config(cfg)
-    with _tracked(cfg, f"{cfg.model.name} {stage}", log, stage != "preprocess") as tracker:
-        return _run_stage(cfg, stage, force, log, resume, tracker)[0]
+    with _tracked(cfg, tracking_name or f"{cfg.model.name} {stage}", log, stage != "preprocess",
+                  parent=tracking_parent) as tracker:
+        return _run_stage(cfg, stage, force, log, resume, tracker, train_options)[0]
 
 
 def _run_stage(cfg: PipelineConfig, stage: str, force: bool, log, resume: bool = False,
-               tracker: Tracker | None = None) -> tuple[dict, bool]:
+               tracker: Tracker | None = None, train_options: dict | None = None) -> tuple[dict, bool]:
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; choose one of {list(STAGES)}")
     run = RunDir(cfg.run_dir)
@@ -69,7 +75,7 @@ def _run_stage(cfg: PipelineConfig, stage: str, force: bool, log, resume: bool =
     run.verify_stages(stage)  # what it reads is what the earlier stages wrote
     run.forget_stage(stage)  # recorded again only once all of its outputs are in place
     t0 = time.perf_counter()
-    extra = {"resume": resume, "tracking": _live_link(tracker)} if stage == "train" else {}
+    extra = {"resume": resume, "tracking": _live_link(tracker), **(train_options or {})} if stage == "train" else {}
     with faults.in_stage(stage):
         summary = _STAGE_FNS[stage](cfg, run, log=log, **extra)
         faults.point("written")
@@ -102,11 +108,11 @@ def run_pipeline(cfg: PipelineConfig, stages=STAGES, *, force: bool = False, res
     return out
 
 
-def _tracked(cfg: PipelineConfig, name: str, log, track: bool = True):
+def _tracked(cfg: PipelineConfig, name: str, log, track: bool = True, parent: str | None = None):
     run = RunDir(cfg.run_dir)
     if not track:
         return nullcontext()
-    return tracked(cfg.to_dict(), run.uri, run.root if run.is_local else None, name, log)
+    return tracked(cfg.to_dict(), run.uri, run.root if run.is_local else None, name, log, parent_run_id=parent)
 
 
 def _live_link(tracker: Tracker | None) -> dict | None:

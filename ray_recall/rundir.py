@@ -224,6 +224,18 @@ class RunDir(Storage):
                 raise DataError(f"{self.uri_of(*path.split('/'))} {problem}; re-run the {stage} stage "
                                 f"(--force) or restore the file")
 
+    def adopt_stage(self, source: "RunDir", stage: str) -> None:
+        """Take `source`'s finished `stage` as this run's own: its directory (see `Storage.copy_dir_from`) and
+        its manifest entry (config hash, checksums). A search's trials share one data stage this way."""
+        info = source.manifest()["stages"].get(stage)
+        if not info or stage not in STAGE_FILES:
+            raise DataError(f"{source.uri}: the {stage} stage has not finished there; nothing to adopt")
+        for top in STAGE_FILES[stage]:
+            self.copy_dir_from(source, top)
+        manifest = self.manifest()
+        manifest["stages"][stage] = info
+        self.write_json(manifest, MANIFEST)
+
     def stage_summary(self, stage: str) -> dict:
         return self.manifest()["stages"].get(stage, {}).get("summary", {})
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue as _queue
 import sys
+import threading
 import warnings
 
 import ray
+
+VERBOSE_ENV = "RAY_RECALL_VERBOSE"  # 1: Ray's own logs and every worker's output on the console too
 
 
 def configure_ray_data(quiet: bool = False) -> None:
@@ -29,8 +33,28 @@ def configure_ray_data(quiet: bool = False) -> None:
     # Ray Train's own dataset config sets the deprecated ExecutionOptions.exclude_resources on every fit
     # (Ray 2.60): nothing of ours to change, and two lines of noise per fit on the console.
     warnings.filterwarnings("ignore", message=r"`ExecutionOptions\.exclude_resources` is deprecated")
+    # Off a terminal Ray Data logs its progress at INFO instead of drawing bars (hidden above); with the bars
+    # off, it warns once that they are off.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     if quiet:
         ctx.enable_progress_bars = False
+
+
+# Libraries whose warnings are about their own internals (a deprecated setting Ray sets itself, SQLAlchemy
+# under MLflow's store): nothing a user of this project can act on.
+_QUIET_MODULES = r"(ray|mlflow|torch|sqlalchemy|alembic|pydantic|pyarrow|pandas|numpy|faiss)(\.|$)"
+
+
+def quiet_library_warnings() -> None:
+    """Hide deprecation, future and user warnings raised inside the libraries underneath (the CLI does this
+    unless --verbose); warnings of the project's own code and of the user's still show."""
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category, module=_QUIET_MODULES)
+
+
+def verbose() -> bool:
+    """Whether RAY_RECALL_VERBOSE (the CLI's --verbose) asks for Ray's own logs and workers' output too."""
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 # Ray 2.60 on Linux takes the node IP from the route to the outside world and replaces a node IP of 127.0.0.1
@@ -74,11 +98,18 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
             # codes in a log file or a pipe. Read at each print, so setting it here is enough.
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         address = os.environ.get("RAY_ADDRESS")
-        kwargs = dict(logging_level="ERROR", log_to_driver=not quiet)
+        # The console shows the project's own lines: workers' output is not forwarded (what a stage's workers
+        # mean for the console reaches it through `worker_lines`) and Ray logs errors only, unless verbose.
+        loud = verbose() and not quiet
+        kwargs = dict(logging_level="INFO" if loud else "ERROR", log_to_driver=loud)
         if address:
             ray.init(address=address, **kwargs)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            # A fit starts a handful of Ray's own actors (controller, data, placement, synchronization) beside
+            # its workers: on a small machine that is several times as many processes as CPUs, which the
+            # raylet would report as a startup storm on the console. They are few and short-lived.
+            os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "16")
             with loopback_only():
                 ray.init(address="local", num_cpus=num_cpus, **kwargs)
     configure_ray_data(quiet)
@@ -94,3 +125,94 @@ def unwrap_error(e: BaseException, kinds: tuple[type[BaseException], ...]) -> Ba
         cause = getattr(cur, "cause", None)
         cur = cause if isinstance(cause, BaseException) else (cur.__cause__ or cur.__context__)
     return None
+
+
+@contextlib.contextmanager
+def worker_lines(log, enabled: bool = True):
+    """A sink for what a worker means for the console (hand it to the worker, which calls `emit(sink, line)` and
+    `emit_progress(sink, ...)`), shown here as it arrives and in order: lines through `log`, progress as a
+    bar redrawn in place when stderr is a terminal (and not at all when it is not). None when not enabled.
+
+    Workers' output is not forwarded to the driver (see `init_ray`): this is how a training worker's
+    per-epoch line reaches the console, once, between the driver's own lines.
+    """
+    if not enabled:
+        yield None
+        return
+    from ray.util.queue import Queue
+
+    sink = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+    bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
+
+    def drain() -> None:
+        while True:
+            try:
+                items = sink.get_nowait_batch(sink.qsize()) if sink.qsize() else []
+            except (_queue.Empty, ray.exceptions.RayError):
+                return
+            if not items:
+                return
+            for item in items:
+                if isinstance(item, dict):
+                    if bar:
+                        bar.draw(**item)
+                    continue
+                if bar:
+                    bar.clear()
+                log(item)
+
+    def pump() -> None:
+        while not done.wait(0.2):
+            drain()
+
+    thread = threading.Thread(target=pump, name="worker-lines", daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        done.set()
+        thread.join()
+        drain()
+        if bar:
+            bar.clear()
+        sink.shutdown()
+
+
+class _Bar:
+    """One progress line on a terminal, redrawn in place."""
+
+    def __init__(self, stream):
+        self.stream, self.shown = stream, False
+
+    def draw(self, label: str, done: int, total: int, unit: str = "") -> None:
+        frac = min(1.0, done / total) if total > 0 else 0.0
+        filled = int(round(30 * frac))
+        self.stream.write(f"\r\033[K{label} [{'#' * filled}{'.' * (30 - filled)}] {100 * frac:3.0f}% "
+                          f"{done:,}/{total:,} {unit}")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def emit(sink, line: str) -> None:
+    """A worker's line for the console: through `worker_lines`' sink, or printed where there is none."""
+    if sink is not None:
+        try:
+            sink.put(line, timeout=10)
+            return
+        except Exception:  # the driver's queue is gone: print it rather than fail training over a line
+            pass
+    print(line, flush=True)
+
+
+def emit_progress(sink, label: str, done: int, total: int, unit: str = "") -> None:
+    """A worker's progress (`done` of `total`) for the driver's bar; nothing where there is no sink."""
+    if sink is not None:
+        with contextlib.suppress(Exception):
+            sink.put_nowait({"label": label, "done": int(done), "total": int(total), "unit": unit})

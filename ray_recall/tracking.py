@@ -75,9 +75,10 @@ def is_remote(uri: str) -> bool:
 
 
 def _client(uri: str):
+    from mlflow import MlflowClient  # importing mlflow sets its loggers' levels: quieten them after
+
     for name in ("mlflow", "alembic"):  # "Creating initial MLflow database tables...", migration steps
         logging.getLogger(name).setLevel(logging.WARNING)
-    from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 

@@ -261,11 +261,11 @@ def _stage_files(run_root) -> dict:
     return out
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet"])
-def test_in_process_path_writes_what_ray_data_writes(tmp_path, fmt):
+def test_in_process_path_writes_what_ray_data_writes(tmp_path, fmt="csv"):
     """A small log prepared in this process gives the files Ray Data gives, file for file and row for row
     (string ids, ties, duplicates, short users, several partitions, inline user and multi-valued item
-    features): training then sees the same batches."""
+    features): training then sees the same batches. CSV, where the two readers infer the column types each
+    on their own (Parquet carries them; Ray Data reads Parquet in the [ray_data] error tests below)."""
     rng = np.random.default_rng(3)
     n = 3000
     df = pd.DataFrame({"uid": [f"user-{u}" for u in rng.integers(0, 180, n)], "iid": rng.integers(0, 90, n),

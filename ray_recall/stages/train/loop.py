@@ -21,6 +21,7 @@ from ray_recall.models import build_model, get_model_class
 from ray_recall.negatives import NegativeSampler
 from ray_recall.ranking import embed_all_items, rank_targets
 from ray_recall.rundir import ModelFile, RunDir, read_checkpoint_dir, write_checkpoint_dir
+from ray_recall.runtime import emit, emit_progress
 from ray_recall.stages.train.batches import SequenceBatchBuilder, examples_per_user, rows_per_chunk, split_batches
 from ray_recall.stages.train.comm import gather_rows, setup_grad_sync
 from ray_recall.stages.train.step import ItemTables, batch_loss
@@ -190,12 +191,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     trainer.tables = trainer.tables.to(device)
     core = getattr(model, "module", model)
     gather = gather_rows if world > 1 and tc.in_batch_negatives and tc.gather_negatives else None
-    if rank == 0:
-        print(f"[train] {trainer.targets.replace('_', ' ')} training ({tc.mode}"
-              f"{', exact softmax' if trainer.num_negatives == 0 and tc.mode == 'listwise' else ''}); "
-              f"{world} worker(s){'; ' + sync if sync else ''}"
-              + (f"; sparse id tables ({trainer.optimizer.sparse_rows:,} rows, lazy Adam)"
-                 if trainer.optimizer.sparse_rows else ""), flush=True)
+    lines = loop_config.get("lines")  # the driver shows what goes there (runtime.worker_lines)
+    say = rank == 0 and not loop_config.get("quiet")
+    details = [sync] if sync else []
+    if trainer.optimizer.sparse_rows:
+        details.append(f"sparse id tables ({trainer.optimizer.sparse_rows:,} rows, lazy Adam)")
+    if say and details:  # what the driver's own line about the fit cannot know
+        emit(lines, f"[train] {'; '.join(details)}")
 
     # Rank 0 validates on a seeded sample of at most val_max_users users, read from as few partition
     # files as hold it: its memory follows the sample, not the log.
@@ -214,6 +216,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         chunks = shard.iter_torch_batches(batch_size=trainer.rows_per_chunk, collate_fn=trainer.builder(epoch),
                                           prefetch_batches=2, local_shuffle_buffer_size=max(4 * trainer.rows_per_chunk, 256),
                                           local_shuffle_seed=tc.seed * 1000 + epoch * world + rank)
+        shown = time.perf_counter()
         for step, (batch, weight) in enumerate(lockstep(chunks, per_worker_batch, world)):
             if tc.max_steps is not None and step >= tc.max_steps:  # every worker stops at the same step
                 break
@@ -223,6 +226,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 loss_sum[:2] += torch.tensor([loss * targets, targets], dtype=torch.float64)
                 if epoch == start_epoch:
                     shard_users.append(np.unique(batch[B.USER].cpu().numpy()))
+            if say and time.perf_counter() - shown > 1.0:  # the driver's progress bar (on a terminal)
+                shown = time.perf_counter()
+                emit_progress(lines, f"[train] epoch {epoch + 1}/{tc.epochs}", int(loss_sum[1]) * world,
+                              trainer.meta["samples"]["train"], "targets")
         loss_sum[2] = time.process_time() - cpu0
         if epoch == start_epoch:
             _record_shard(run, rank, shard_users)
@@ -237,10 +244,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics.update(validate(core, val, trainer.schema.max_len, tc.val_k))
             history.append(metrics)
             stop[0] = float(_should_stop(history, tc))
-            print(f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
-                  f"{tc.selection_metric} {metrics[tc.selection_metric]:.4f} "
-                  f"({metrics['samples'] / metrics['epoch_seconds']:.0f} targets/s)"
-                  + (" - early stop" if stop[0] else ""), flush=True)
+            if say:
+                emit(lines, f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
+                            f"{tc.selection_metric} {metrics[tc.selection_metric]:.4f} "
+                            f"({metrics['samples'] / metrics['epoch_seconds']:.0f} targets/s)"
+                            + (" - early stop" if stop[0] else ""))
             log_epoch(metrics, step=epoch)
             with tempfile.TemporaryDirectory() as d:
                 write_checkpoint_dir(d, model_file(core, cfg), trainer.optimizer.state_dict(), epoch, history)

@@ -1,17 +1,8 @@
-"""What a person sees of a fit: the per-epoch table and the training curves."""
+"""What a person sees of a fit besides its per-epoch lines: the training curves."""
 
 from __future__ import annotations
 
 import io
-
-
-def format_history(history: list[dict], metric: str, best_epoch: int) -> str:
-    """The per-epoch table printed after training."""
-    lines = [f"{'epoch':>6} {'loss':>9} {metric:>16} {'seconds':>8}"]
-    for h in history:
-        mark = "  <- best" if h["epoch"] == best_epoch else ""
-        lines.append(f"{h['epoch'] + 1:>6} {h['loss']:>9.4f} {h[metric]:>16.4f} {h['epoch_seconds']:>8.1f}{mark}")
-    return "\n".join(lines)
 
 
 def training_curves_png(history: list[dict], metric: str) -> bytes:

@@ -13,8 +13,9 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray_recall.config import PipelineConfig
 from ray_recall.errors import DataError
 from ray_recall.rundir import ModelFile, RunDir
+from ray_recall.runtime import worker_lines
 from ray_recall.stages.train.loop import resolve_targets, train_loop_per_worker
-from ray_recall.stages.train.report import format_history, training_curves_png
+from ray_recall.stages.train.report import training_curves_png
 
 
 # Training splits up to this share of the cluster's object store are read into it once per fit (see _train_dataset).
@@ -48,14 +49,16 @@ def latest_checkpoint(run: RunDir, name: str) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint(kept[max(kept)], filesystem=run.fs) if kept else None
 
 
-def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tracking: dict | None = None) -> dict:
+def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tracking: dict | None = None,
+          callbacks: list | None = None, quiet_workers: bool = False) -> dict:
     """Train on <run>/data/train with N DDP workers; returns the training summary written to model/training.json.
 
     Without `resume` the config's checkpoint directory is cleared and training starts from scratch.
     With it, Ray Train finds the run's earlier checkpoints (same name and storage path) and the
     loop continues after the last completed epoch. Worker failures within a run are retried
     `train.max_failures` times, each time from the last checkpoint. `tracking`: the MLflow run the
-    rank-0 worker logs each epoch to (`tracking.Tracker.link()`), or None.
+    rank-0 worker logs each epoch to (`tracking.Tracker.link()`), or None. `callbacks`: Ray Train
+    callbacks of the fit (a search's trials pass Tune's); `quiet_workers`: no per-epoch lines from rank 0.
     """
     meta = run.read_meta()  # fails clearly if the data stage has not run
     if meta["samples"]["train"] == 0:
@@ -76,27 +79,6 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
         log(f"[train] nothing to resume in {run.uri_of('checkpoints', name)}; training from scratch")
     t0 = time.perf_counter()
     train_ds = _train_dataset(run, tc, meta["num_interactions"])
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        # Ray Train V2 has no resume_from_checkpoint: the loop loads `resume_from` itself when Ray Train
-        # hands it no checkpoint of its own (those come from worker restarts within this fit).
-        train_loop_config={"cfg": cfg, "run_uri": run.uri, "resume_from": start_from.path if start_from else None,
-                           "tracking": tracking},
-        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker},
-                                     placement_strategy=tc.placement_strategy),
-        run_config=RunConfig(
-            name=name, storage_path=run.checkpoints_uri(),
-            checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=metric, checkpoint_score_order="max"),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
-            logging_config=LoggingConfig(log_level="WARNING"),
-        ),
-        datasets={"train": train_ds},
-        # Ordered delivery makes a fit reproducible: the seeded block order and local shuffle then
-        # decide every batch, instead of which background read or collate finishes first.
-        dataset_config=ray.train.DataConfig(execution_options=_ordered()),
-    )
     targets = resolve_targets(tc, cfg.model.name).replace("_", " ")
     negatives = ("exact softmax over every item" if tc.mode == "listwise" and tc.softmax == "full" else
                  f"{tc.num_negatives} x {tc.sampler} negatives" + (", in-batch" if tc.in_batch_negatives else ""))
@@ -104,7 +86,31 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
         f"at most {tc.epochs} epochs"
         + (f", resuming from {start_from.path}" if start_from else ""))
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _HEALTH_CHECK_INTERVAL_S)
-    result = trainer.fit()
+    # The rank-0 worker's per-epoch lines reach the console through `lines`, in order with the driver's.
+    with worker_lines(log, enabled=not quiet_workers) as lines:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            # Ray Train V2 has no resume_from_checkpoint: the loop loads `resume_from` itself when Ray Train
+            # hands it no checkpoint of its own (those come from worker restarts within this fit).
+            train_loop_config={"cfg": cfg, "run_uri": run.uri, "resume_from": start_from.path if start_from else None,
+                               "tracking": tracking, "quiet": quiet_workers, "lines": lines},
+            torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                         resources_per_worker={"CPU": tc.cpus_per_worker},
+                                         placement_strategy=tc.placement_strategy),
+            run_config=RunConfig(
+                name=name, storage_path=run.checkpoints_uri(),
+                checkpoint_config=CheckpointConfig(num_to_keep=3, checkpoint_score_attribute=metric, checkpoint_score_order="max"),
+                failure_config=FailureConfig(max_failures=tc.max_failures),
+                logging_config=LoggingConfig(log_level="WARNING"),
+                callbacks=callbacks,
+            ),
+            datasets={"train": train_ds},
+            # Ordered delivery makes a fit reproducible: the seeded block order and local shuffle then
+            # decide every batch, instead of which background read or collate finishes first.
+            dataset_config=ray.train.DataConfig(execution_options=_ordered()),
+        )
+        result = trainer.fit()
     seconds = time.perf_counter() - t0
     if result.error:
         raise result.error
@@ -122,7 +128,6 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
         "samples_per_second": round(sum(h["samples"] for h in history) / max(epoch_seconds, 1e-9), 1),
     }
     run.write_model(best, summary, training_curves_png(history, metric))
-    log(format_history(history, metric, summary["best_epoch"]))
     log(f"[train] best epoch {summary['best_epoch'] + 1}: {metric} {summary[metric]:.4f}; fit {seconds:.1f}s "
         f"(of which epochs {epoch_seconds:.1f}s, {summary['samples_per_second']:.0f} samples/s); "
         f"curves in {run.uri_of('model', 'training_curves.png')}")

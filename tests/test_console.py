@@ -1,0 +1,48 @@
+"""The console of `make demo`'s command on tiny data: the project's own lines, in order, and none of Ray's noise."""
+
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# What must not reach the console: Ray's forwarded worker output and its own log lines, Ray Train's result
+# dumps, Ray Data's plans, warnings of any library, MLflow's database set-up, tracebacks, terminal codes.
+NOISE = [
+    r"\((raylet|RayTrainWorker|TrainController|SplitCoordinator|MapBatches|pid=)",
+    r"Reporting training result", r"Execution plan of Dataset", r"Starting execution of Dataset",
+    r"\b(WARNING|ERROR|INFO)\b", r"^\[?\d{4}-\d\d-\d\d[ T]\d\d:\d\d", r"\b[EW]\d{4} ", r"core_worker\.cc",
+    r"(Deprecation|User|Future|Runtime)Warning", r"Creating initial MLflow database", r"Traceback", "\x1b\\[",
+]
+
+
+def test_demo_console_has_the_projects_lines_in_order_and_no_noise(tmp_path):
+    """`python jobs/pipeline.py` (what `make demo` runs) on tiny data, tracked, its output captured (not a terminal)."""
+    cfg = tiny_config(tmp_path / "run", **{"train.epochs": 3, "train.early_stopping_patience": 0})
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "RAY_RECALL_TRACKING": "1", "PYTHONWARNINGS": "default"}  # warnings shown if raised
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "jobs/pipeline.py", "--config", str(path), "--samples", "1",
+                          "--num-cpus", "3"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    lines = [line for line in text.splitlines() if line.strip()]
+    noisy = [line for line in lines if any(re.search(p, line) for p in NOISE)]
+    assert not noisy, "noise on the console:\n" + "\n".join(noisy[:20])
+
+    # Every epoch once, in order, each from the training worker through the driver.
+    epochs = [line for line in lines if line.startswith("[train] epoch ")]
+    assert [e.split()[2] for e in epochs] == ["1/3", "2/3", "3/3"], epochs
+    # The stages' lines in pipeline order, then the metrics table, the timings, a sample and where the run is.
+    marks = ["[tracking] MLflow run", "[data] reading synthetic", "[train] dssm", "[train] epoch 1/3",
+             "[train] epoch 3/3", "[train] best epoch", "[embed]", "[index]", "[evaluate] test:", "method ",
+             "dssm ", "most_popular ", "Stage timings", "Sample recommendations", "Run directory:"]
+    at = [next((i for i, line in enumerate(lines) if line.startswith(m)), None) for m in marks]
+    assert None not in at, [m for m, i in zip(marks, at) if i is None]
+    assert at == sorted(at), list(zip(marks, at))
