@@ -115,3 +115,15 @@ def _trial_history(run_dir: str, metric: str) -> list[float]:
     (name,) = run.subdirs("checkpoints")
     kept = run.checkpoints_by_epoch(name)
     return [h[metric] for h in run.read_checkpoint_history(name, max(kept))]
+
+
+def test_shipped_search_spaces_fit_their_configs():
+    """configs/search/<model>.yaml: every key and value valid for configs/ml100k_<model>.yaml."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    spaces = sorted((root / "search").glob("*.yaml"))
+    assert spaces
+    for path in spaces:
+        cfg = PipelineConfig.from_yaml(str(root / f"ml100k_{path.stem}.yaml"))
+        check_space(cfg, parse_space(yaml.safe_load(path.read_text())))
