@@ -112,16 +112,23 @@ def _title(pid: int) -> str:
 
 
 class ProcessPeaks:
-    """Samples a process tree in a thread: each process's peak RSS (VmHWM) and what it was (its title).
+    """Samples a process tree in a thread: each process's peak RSS (VmHWM), its peak private memory
+    (RssAnon) and what it was (its title).
 
     Ray names its worker processes by what they run (`ray::RayTrainWorker...`, `ray::MapWorker(...)`),
     so the peaks can be reported per role. VmHWM is the kernel's own high-water mark: a process's peak
-    is exact even between samples, as long as one sample sees the process alive.
+    is exact even between samples, as long as one sample sees the process alive. It counts every page
+    the process has mapped, the object store's shared memory included: a Ray worker that reads many
+    blocks over its life touches much of the store, whose size Ray bounds for the whole node. RssAnon
+    is the process's own (anonymous, private) memory: what grows with what the process holds. It has
+    no kernel high-water mark, so its peak is sampled (every `interval` seconds; a shorter spike can
+    be missed).
     """
 
-    def __init__(self, root: int, interval: float = 0.5):
+    def __init__(self, root: int, interval: float = 0.25):
         self.root, self.interval = root, interval
         self.peak: dict[int, int] = {}  # pid -> peak RSS bytes
+        self.private: dict[int, int] = {}  # pid -> peak RssAnon bytes (sampled)
         self.titles: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -132,6 +139,7 @@ class ProcessPeaks:
                 hwm = _status_kib(pid, "VmHWM") * 1024
                 if hwm:
                     self.peak[pid] = max(self.peak.get(pid, 0), hwm)
+                    self.private[pid] = max(self.private.get(pid, 0), _status_kib(pid, "RssAnon") * 1024)
                     title = _title(pid)
                     if title and (pid not in self.titles or title.startswith("ray::")):
                         self.titles[pid] = title
@@ -145,12 +153,14 @@ class ProcessPeaks:
         self._stop.set()
         self._thread.join()
 
-    def by_role(self, roles: dict[str, str]) -> dict[str, list[int]]:
-        """{role: [peak RSS bytes of each process whose title contains the role's pattern]}; "driver" is the root."""
-        out: dict[str, list[int]] = {"driver": [self.peak.get(self.root, 0)]}
+    def by_role(self, roles: dict[str, str], private: bool = False) -> dict[str, list[int]]:
+        """{role: [peak RSS bytes (`private`: peak RssAnon) of each process whose title contains the role's
+        pattern]}; "driver" is the root."""
+        peaks = self.private if private else self.peak
+        out: dict[str, list[int]] = {"driver": [peaks.get(self.root, 0)]}
         for pid, title in self.titles.items():
             for role, pattern in roles.items():
                 if pid != self.root and pattern in title:
-                    out.setdefault(role, []).append(self.peak[pid])
+                    out.setdefault(role, []).append(peaks[pid])
                     break
         return out

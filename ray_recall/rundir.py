@@ -140,9 +140,13 @@ def tensor_bytes(obj: dict) -> bytes:
     return buf.getvalue()
 
 
-def load_tensors(data: bytes, source: str) -> dict:
-    """torch.load with weights_only=True: tensors and plain Python values only; anything else is refused."""
+def load_tensors(data: bytes | str, source: str) -> dict:
+    """torch.load with weights_only=True: tensors and plain Python values only; anything else is refused.
+
+    `data`: the file's bytes, or the path of a local file (read in place, memory-mapped: no second copy)."""
     try:
+        if isinstance(data, str):
+            return torch.load(data, map_location="cpu", weights_only=True, mmap=True)
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # an UnpicklingError for a disallowed global, or a corrupt file
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -370,7 +374,8 @@ class RunDir(Storage):
         """The state saved at `epoch`: ModelFile fields, optimizer, epoch, history."""
         d = self.checkpoints_by_epoch(name)[epoch]
         rel = d[len(self.root.rstrip("/")) + 1:].split("/")
-        return read_checkpoint_dir_bytes(self.read_bytes(*rel, "model.pt"), self.uri_of(*rel, "model.pt"))
+        data = self.path(*rel, "model.pt") if self.is_local else self.read_bytes(*rel, "model.pt")
+        return read_checkpoint_dir_bytes(data, self.uri_of(*rel, "model.pt"))
 
     def read_checkpoint_history(self, name: str, epoch: int) -> list[dict]:
         d = self.checkpoints_by_epoch(name)[epoch]
@@ -468,25 +473,22 @@ def stage_hash(cfg: PipelineConfig, stage: str) -> str:
     return cfg.section_hash(*STAGE_SECTIONS[stage])
 
 
-def checkpoint_state_bytes(model: ModelFile, optimizer: dict, epoch: int, history: list[dict]) -> bytes:
-    return tensor_bytes({**model.to_dict(), "optimizer": optimizer, "epoch": epoch, "history": history})
-
-
 def write_checkpoint_dir(local_dir: str, model: ModelFile, optimizer: dict, epoch: int, history: list[dict]) -> None:
-    """The files of one training checkpoint, in a local directory that Ray Train then persists."""
-    with open(os.path.join(local_dir, "model.pt"), "wb") as f:
-        f.write(checkpoint_state_bytes(model, optimizer, epoch, history))
+    """The files of one training checkpoint, in a local directory that Ray Train then persists. Saved straight
+    to the file: a large item table and its optimizer moments are not copied into memory on the way."""
+    torch.save({**model.to_dict(), "optimizer": optimizer, "epoch": epoch, "history": history},
+               os.path.join(local_dir, "model.pt"))
     with open(os.path.join(local_dir, "history.json"), "w") as f:
         json.dump(history, f)
 
 
 def read_checkpoint_dir(local_dir: str) -> dict:
     path = os.path.join(local_dir, "model.pt")
-    with open(path, "rb") as f:
-        return read_checkpoint_dir_bytes(f.read(), path)
+    return read_checkpoint_dir_bytes(path, path)
 
 
-def read_checkpoint_dir_bytes(data: bytes, source: str) -> dict:
+def read_checkpoint_dir_bytes(data: bytes | str, source: str) -> dict:
+    """A checkpoint's state from its bytes or its local path (see `load_tensors`)."""
     state = load_tensors(data, source)
     missing = [k for k in ("optimizer", "epoch", "history") if k not in state]
     if missing:
