@@ -130,6 +130,7 @@ class ProcessPeaks:
         self.peak: dict[int, int] = {}  # pid -> peak RSS bytes
         self.private: dict[int, int] = {}  # pid -> peak RssAnon bytes (sampled)
         self.titles: dict[int, str] = {}
+        self.root_timeline: list[tuple[float, int]] = []  # (time.time(), RssAnon bytes) of the root, each sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -143,6 +144,8 @@ class ProcessPeaks:
                     title = _title(pid)
                     if title and (pid not in self.titles or title.startswith("ray::")):
                         self.titles[pid] = title
+                    if pid == self.root:
+                        self.root_timeline.append((time.time(), _status_kib(pid, "RssAnon") * 1024))
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "ProcessPeaks":
@@ -152,6 +155,10 @@ class ProcessPeaks:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+    def root_peak_between(self, start: float, end: float) -> int:
+        """The root's peak private memory (RssAnon) sampled between two wall-clock times (time.time())."""
+        return max((b for t, b in self.root_timeline if start <= t <= end), default=0)
 
     def by_role(self, roles: dict[str, str], private: bool = False) -> dict[str, list[int]]:
         """{role: [peak RSS bytes (`private`: peak RssAnon) of each process whose title contains the role's

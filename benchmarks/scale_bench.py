@@ -53,6 +53,7 @@ ROLES = {"train worker": "RayTrainWorker", "embed actor": "MapBatches(Embedder",
          "Ray Data task": "ray::Read"}
 SIZES = {1: (20_000, 200_000), 10: (200_000, 1_000_000), 50: (1_000_000, 1_000_000)}  # M rows -> users, items
 TARGET_WORKER_GIB = 1.5
+STAGES = ("preprocess", "train", "embed", "index", "evaluate")
 TARGET_WALL_S = 20 * 60
 
 
@@ -118,8 +119,11 @@ def run_pipeline(cfg: dict, work: str, name: str, env: dict | None = None, submi
     training = json.load(open(os.path.join(cfg["run_dir"], "model", "training.json")))
     metrics = json.load(open(os.path.join(cfg["run_dir"], "metrics.json")))
     index = json.load(open(os.path.join(cfg["run_dir"], "index", "meta.json")))
-    ranks = {}
+    ranks, driver_stages = {}, {}
     if peaks:
+        for stage, v in manifest["stages"].items():  # the driver's peak while each stage ran (1 s resolution)
+            end = time.mktime(time.strptime(v["finished_at"], "%Y-%m-%dT%H:%M:%S")) + 1
+            driver_stages[stage] = peaks.root_peak_between(end - v["seconds"] - 2, end)
         for name in os.listdir(os.path.join(cfg["run_dir"], "train_workers")):
             info = json.load(open(os.path.join(cfg["run_dir"], "train_workers", name)))
             if info["pid"] in peaks.peak:
@@ -127,7 +131,10 @@ def run_pipeline(cfg: dict, work: str, name: str, env: dict | None = None, submi
     return {"wall": wall, "stages": {s: v["seconds"] for s, v in manifest["stages"].items()},
             "peaks": peaks.by_role(ROLES) if peaks else None,
             "private": peaks.by_role(ROLES, private=True) if peaks else None, "ranks": ranks,
-            "training": training, "metrics": metrics, "index": index, "log": log_path}
+            "driver_stages": driver_stages,
+            "training": training, "metrics": metrics, "index": index, "log": log_path,
+            "model_state": model_state_bytes(cfg["run_dir"], json.load(open(os.path.join(cfg["run_dir"], "data",
+                                                                                      "meta.json")))["num_items"])}
 
 
 def copy_data(src_run: str, dst_run: str) -> None:
@@ -139,12 +146,13 @@ def copy_data(src_run: str, dst_run: str) -> None:
     json.dump(manifest, open(os.path.join(dst_run, "manifest.json"), "w"))
 
 
-def item_side_bytes(model: str, num_items: int, cfg: dict) -> int:
-    """What a training worker holds of the item side on purpose: the model's item table(s) with gradient and Adam's
-    two moments (4 copies), the sampler's probabilities, cdf and log-probabilities, the loss's two tables."""
-    d = cfg["model"]["embedding_dim"] if model == "sasrec" else cfg["model"]["params"].get("feature_dim", 32)
-    table = (num_items + 1) * d * 4
-    return 4 * table + (num_items + 1) * (3 * 8 + 2 * 4)
+def model_state_bytes(run_dir: str, num_items: int) -> int:
+    """What a training worker holds of the model on purpose: its parameters, their gradients and Adam's two moments
+    (about 3x the saved weights beside the weights themselves, which the worker's copy of model.pt measures), and the
+    sampler's tables (probabilities, cdf and log-probabilities: 3 float64 per item). At a million items the item
+    table dominates both models; DSSM's user-id table grows with the users too."""
+    weights = os.path.getsize(os.path.join(run_dir, "model", "model.pt"))
+    return 4 * weights + (num_items + 1) * 3 * 8
 
 
 def throughput(r: dict) -> float:
@@ -170,7 +178,20 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--out", default="benchmarks/scale.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from --work-dir's results_all.json (a finished run's), running nothing")
     args = ap.parse_args()
+    if args.report_only:
+        saved = json.load(open(os.path.join(args.work_dir, "results_all.json")))
+        results = {int(k): v for k, v in saved["results"].items()}
+        for r in [*results.values(), saved["ml"]]:
+            for v in r.values():
+                if isinstance(v, dict) and "ranks" in v:
+                    v["ranks"] = {int(k): x for k, x in v["ranks"].items()}
+        args.sizes, args.steps, args.eval_users = saved["sizes"], saved["steps"], saved["eval_users"]
+        write(args, saved["command"], saved["started"], args.work_dir, results, saved["ml"], saved["submitted"],
+              saved["serve"])
+        return
     if args.quick:
         args.sizes, args.steps, args.eval_users = [1], 40, 2000
     work = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="ray_recall_scale_"))
@@ -210,6 +231,9 @@ def main() -> None:
         print(f"[scale] ml100k {model}: {throughput(ml[model]):,.0f} targets/s per core", flush=True)
     submitted = run_submitted(args, work) if args.submit else None
     serve = None if args.skip_serve else serve_latency(os.path.join(work, f"sasrec_{args.sizes[0]}M"), work, args.quick)
+    json.dump({"results": results, "ml": ml, "submitted": submitted, "serve": serve, "command": command,
+               "started": started, "sizes": args.sizes, "steps": args.steps, "eval_users": args.eval_users},
+              open(os.path.join(work, "results_all.json"), "w"), indent=1, default=str)
     write(args, command, started, work, results, ml, submitted, serve)
 
 
@@ -257,31 +281,43 @@ def write(args, command: str, started: str, work: str, results: dict, ml: dict, 
     for kind, title in (("peaks", "peak RSS (VmHWM): every page mapped, the object store's shared pages included"),
                         ("private", "peak private memory (RssAnon, sampled every 0.25 s): what the process itself holds")):
         lines += ["", f"## Memory per process (GiB), {title}", "",
-                  "| log | model | driver | training worker rank 0 (validates) | rank 1 | of which item-side, each "
+                  "| log | model | driver | training worker rank 0 (validates) | rank 1 | of which model state, each "
                   "| embed actors | evaluate actors | Ray Data tasks (largest) |", "|---|---|---:|---:|---:|---:|---|---|---:|"]
         for size, r in results.items():
             for model in ("dssm", "sasrec"):
                 p, ranks = r[model][kind], r[model]["ranks"]
                 col = 0 if kind == "peaks" else 1
-                items = SIZES[size][1]
                 lines.append(f"| {size}M | {model} | {_gib(p['driver'][0])} | "
                              + " | ".join(_gib(ranks[k][col]) if k in ranks else "-" for k in (0, 1)) + " | "
-                             f"{_gib(item_side_bytes(model, items, config(model, None, 'x', 1, 1)))} | "
+                             f"{_gib(r[model]['model_state'])} | "
                              + ", ".join(_gib(x) for x in p.get("embed actor", [])) + " | "
                              + ", ".join(_gib(x) for x in p.get("evaluate actor", [])) + " | "
                              + (_gib(max(p["Ray Data task"])) if p.get("Ray Data task") else "-") + " |")
+    lines += ["", "## The driver's peak private memory per stage (GiB)", "",
+              "| log | model | " + " | ".join(STAGES) + " |", "|---|---|" + "---:|" * len(STAGES)]
+    for size, r in results.items():
+        for model in ("dssm", "sasrec"):
+            d = r[model].get("driver_stages", {})
+            lines.append(f"| {size}M | {model} | " + " | ".join(_gib(d[s]) if d.get(s) else "-" for s in STAGES) + " |")
     lines += ["", "## Targets", ""]
     if 10 in results:
         for model in ("dssm", "sasrec"):
-            side = item_side_bytes(model, SIZES[10][1], config(model, None, "x", 1, 1))
+            side = results[10][model]["model_state"]
             for kind, col in (("peak RSS", 0), ("peak private memory", 1)):
                 w = max(v[col] for v in results[10][model]["ranks"].values()) - side
-                lines.append(f"- {model}: training worker {kind} less the item side {_gib(w)} GiB at 10M (target <= "
+                lines.append(f"- {model}: training worker {kind} less the model state {_gib(w)} GiB at 10M (target <= "
                              f"{TARGET_WORKER_GIB} GiB): {'met' if w <= TARGET_WORKER_GIB * GIB else '**missed**'}.")
                 if 50 in results:
-                    w50 = max(v[col] for v in results[50][model]["ranks"].values()) - side
+                    w50 = max(v[col] for v in results[50][model]["ranks"].values()) - results[50][model]["model_state"]
                     lines.append(f"- {model}: at 50M {_gib(w50)} GiB, {w50 / max(w, 1):.2f}x the 10M figure (target "
                                  f"<= 1.10x): {'met' if w50 <= 1.1 * w else '**missed**'}.")
+            for role in ("embed actor", "evaluate actor"):
+                a10 = max(results[10][model]["private"].get(role, [0]))
+                line = f"- {model}: {role} peak private memory {_gib(a10)} GiB at 10M"
+                if 50 in results:
+                    a50 = max(results[50][model]["private"].get(role, [0]))
+                    line += f", {_gib(a50)} at 50M ({a50 / max(a10, 1):.2f}x)"
+                lines.append(line + ".")
         wall = sum(results[10][m]["wall"] for m in ("dssm", "sasrec"))
         lines.append(f"- The 10M pipelines (DSSM and SASRec, 2 workers each) took {wall / 60:.1f} min in all "
                      f"(target: within 20 min): {'met' if wall <= TARGET_WALL_S else '**missed**'}.")

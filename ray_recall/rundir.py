@@ -392,7 +392,9 @@ class RunDir(Storage):
         if not self.exists("model", "model.pt"):
             raise DataError(f"{self.uri}: no trained model (model/model.pt); run the train stage first")
         source = self.uri_of("model", "model.pt")
-        return ModelFile.from_dict(load_tensors(self.read_bytes("model", "model.pt"), source), source)
+        # A local file is memory-mapped (no copy of its bytes beside the tensors: at a million items, 256 MB each)
+        data = self.path("model", "model.pt") if self.is_local else self.read_bytes("model", "model.pt")
+        return ModelFile.from_dict(load_tensors(data, source), source)
 
     def read_training(self) -> dict:
         return self.read_json("model", "training.json")

@@ -16,6 +16,29 @@ import ray
 VERBOSE_ENV = "RAY_RECALL_VERBOSE"  # 1: Ray's own logs and every worker's output on the console too
 
 
+# glibc's M_MMAP_THRESHOLD (mallopt parameter -3).
+_M_MMAP_THRESHOLD = -3
+
+
+def bound_heap_growth(threshold: int = 128 * 1024) -> bool:
+    """Keep this process's heap from growing batch after batch (glibc only; elsewhere a no-op, False).
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MB); blocks of that size then
+    come from the heap, which fragments and is rarely given back. In a long-lived actor that runs a
+    transformer over batch after batch the heap grew by ~60 MB per batch (SASRec user embedding: 1.2 GiB
+    private after 20 batches; 0.4 with a fixed threshold). A fixed threshold keeps large tensors in their
+    own mappings, returned to the system when freed. Called by the actors that embed, evaluate and serve.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+
+
 def configure_ray_data(quiet: bool = False) -> None:
     """The Ray Data settings every stage relies on, for the current DataContext.
 

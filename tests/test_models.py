@@ -327,3 +327,29 @@ def test_comirec_uses_a_newly_real_position():
     longer[B.HIST][0, 2] = 1
     with torch.no_grad():
         assert not torch.allclose(model.encode_user(batch), model.encode_user(longer))
+
+
+def test_describe_trained_reads_dim_and_interests_without_the_weights(trained_run):
+    """The embed stage's driver describes the model from a meta-device build; it must agree with the real one."""
+    from ray_recall.models import describe_trained, load_trained
+    from ray_recall.rundir import RunDir
+
+    cfg, _ = trained_run
+    run = RunDir(cfg.run_dir)
+    model, _ = load_trained(run)
+    interests = int(getattr(model, "num_interests", 1)) if model.multi_interest else 1
+    assert describe_trained(run) == (model.embedding_dim, interests)
+    for name in available_models():  # every model builds on the meta device (no memory), as describe_trained does
+        with torch.device("meta"):
+            m = build_model(name, tiny_schema(), 16, {})
+        assert m.embedding_dim == 16 and all(p.is_meta for p in m.parameters())
+
+
+def test_bound_heap_growth_fixes_the_mmap_threshold_on_glibc():
+    import platform
+
+    from ray_recall.runtime import bound_heap_growth
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert bound_heap_growth() is True

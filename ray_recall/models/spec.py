@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+import torch
 
 from ray_recall.config import ModelConfig
 from ray_recall.errors import ConfigError
@@ -160,6 +161,15 @@ def build_from_file(model_file, schema: DataSchema):
     model = build_model(model_file.name, schema, model_file.embedding_dim, model_file.params)
     model.load_state_dict(model_file.state_dict)
     return model.eval()
+
+
+def describe_trained(run) -> tuple[int, int]:
+    """(embedding dim, interests per user: 1 unless multi-interest) of <run>'s trained model, without its weights:
+    the model is built on the meta device (no memory) from the file's name and params."""
+    model_file = run.read_model()
+    with torch.device("meta"):
+        model = build_model(model_file.name, run.read_schema(), model_file.embedding_dim, model_file.params)
+    return model.embedding_dim, int(getattr(model, "num_interests", 1)) if model.multi_interest else 1
 
 
 def load_trained(run):

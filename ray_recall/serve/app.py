@@ -43,7 +43,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, StrictBool, 
 from pydantic_core import PydanticCustomError
 from ray import serve
 
-from ray_recall.runtime import init_ray
+from ray_recall.runtime import bound_heap_growth, init_ray
 from ray_recall.serve.recaller import InvalidQueryError, Query, Recaller, UnknownUserError
 
 APP_NAME = "ray_recall"
@@ -397,6 +397,7 @@ class RecallDeployment:
 
         # Replicas share the node's cores: concurrent requests are the parallelism (Recaller pins FAISS likewise).
         torch.set_num_threads(1)
+        bound_heap_growth()  # long-lived: request batch after request batch
         _inter_deployment_grpc_on_loopback()
         parsed = ServeSettings.parse(settings, "RecallDeployment")
         self.settings, self.limits = parsed.replica_args(), parsed.limits()

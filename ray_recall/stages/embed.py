@@ -19,8 +19,9 @@ import torch
 from ray_recall import batch as B
 from ray_recall.batch import SequenceTable, in_batches, user_batch
 from ray_recall.config import PipelineConfig
-from ray_recall.models import load_trained
+from ray_recall.models import describe_trained, load_trained
 from ray_recall.rundir import RunDir
+from ray_recall.runtime import bound_heap_growth
 
 
 _BATCH = 1024  # rows a batch; user rows carry their sequences
@@ -39,6 +40,7 @@ class Embedder:
     def __init__(self, run_uri: str, side: str, threads: int | None = 1):
         if threads:
             torch.set_num_threads(threads)  # several actors share the node's cores
+            bound_heap_growth()  # an actor: batch after batch of the same shapes
         run = RunDir(run_uri)
         self.model, schema = load_trained(run)
         self.side = side
@@ -67,8 +69,8 @@ def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
     in_process = cfg.compute.in_process(meta)
     with run.staged_dir("embeddings") as tmp:
         (_embed_in_process if in_process else _embed_on_ray_data)(cfg, run, meta, tmp)
-        model, _ = load_trained(run)
-        info = {"dim": model.embedding_dim, "interests": _interests(model), "num_items": meta["num_items"],
+        dim, interests = describe_trained(run)  # the driver never holds the model's weights
+        info = {"dim": dim, "interests": interests, "num_items": meta["num_items"],
                 "num_users": meta["num_sequence_users"], "seconds": round(time.perf_counter() - t0, 2)}
         run.write_embeddings_meta(info, at=tmp)
     log(f"[embed] {info['num_items']:,} items and {info['num_users']:,} users embedded (D={info['dim']}"
@@ -95,7 +97,3 @@ def _embed_in_process(cfg: PipelineConfig, run: RunDir, meta: dict, tmp: str) ->
     for side, table in (("item", items), ("user", users)):
         vectors = in_batches(Embedder(run.uri, side, threads=None), table, _BATCH)
         run.write_parquet(vectors, tmp, f"{side}s", "part-00000.parquet")
-
-
-def _interests(model) -> int:
-    return int(getattr(model, "num_interests", 1)) if model.multi_interest else 1

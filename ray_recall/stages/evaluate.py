@@ -29,6 +29,7 @@ from ray_recall.metrics import format_table, metrics_from_ranks, standard_errors
 from ray_recall.models import load_trained
 from ray_recall.ranking import rank_targets
 from ray_recall.rundir import RunDir, sample_users
+from ray_recall.runtime import bound_heap_growth
 
 
 class Evaluator:
@@ -38,6 +39,7 @@ class Evaluator:
                  sample_fraction: float = 1.0, seed: int = 0, threads: int | None = 1):
         if threads:
             torch.set_num_threads(threads)
+            bound_heap_growth()  # an actor: batch after batch of the same shapes
         run = RunDir(run_uri)
         self.model, schema = load_trained(run)
         ids, vecs = run.read_embeddings("items")
