@@ -78,7 +78,7 @@ def config(model: str, paths: dict | None, run_dir: str, steps: int, eval_users:
     # Two epochs of steps / 2: the second one's throughput is steady (the first pays the ingest's start).
     over = {"run_dir": run_dir, "train.num_workers": 2, "train.cpus_per_worker": 1.0, "train.epochs": 2,
             "train.max_steps": max(1, steps // 2), "train.early_stopping_patience": 0, "train.num_threads": 1,
-            "eval.max_users": eval_users, "compute.embed_actors": 1, "compute.cpus_per_actor": 0.5}
+            "eval.max_users": eval_users, "compute.embed_actors": 2, "compute.cpus_per_actor": 0.5}
     if paths is not None:
         over.update({"data.source": "table", "data.path": paths["interactions"], "data.user_table": paths["users"],
                      "data.item_table": paths["items"], "data.user_feature_cols": ["taste"],

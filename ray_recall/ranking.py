@@ -106,13 +106,24 @@ def blocked_target_ranks(user_vecs: torch.Tensor, item_vecs: torch.Tensor, targe
     tol = 1e-6 * t_score.abs().clamp(min=1.0)
     above = torch.zeros(len(targets), dtype=torch.long)
 
-    def beats(scores, ids):
-        return ((scores > t_score + tol) | (((scores - t_score).abs() <= tol) & (ids < t_col[:, None]))) \
-            & (ids != t_col[:, None])
-
+    hi, lo = t_score + tol, t_score - tol
     for s in range(0, n, block):
         scores = score_items(user_vecs, item_vecs[s:s + block]).cpu()  # [B, c]
-        above += beats(scores, torch.arange(s, min(s + block, n))[None, :]).sum(1)
+        n_gt = (scores > hi).sum(1, dtype=torch.int32)  # int32 sums: half the time of bool -> int64
+        n_ge = (scores >= lo).sum(1, dtype=torch.int32)
+        above += n_gt
+        # Ties (within tol of the target's score) are few, in few rows (the target itself is one, in its own
+        # block): decided by item id in those rows only.
+        rows = (n_ge > n_gt).nonzero(as_tuple=True)[0]
+        if len(rows):
+            sub = scores[rows]
+            r, c = ((sub >= lo[rows]) & (sub <= hi[rows])).nonzero(as_tuple=True)
+            ids, tr = c + s, t_col[rows][r]
+            above += torch.bincount(rows[r[(ids < tr) & (ids != tr)]], minlength=len(targets))
+        # The target never beats itself, even where its block score strays beyond tol (another kernel's rounding).
+        own = ((t_col >= s) & (t_col < s + scores.shape[1])).nonzero(as_tuple=True)[0]
+        if len(own):
+            above[own] -= (scores[own, t_col[own] - s] > hi[own, 0]).long()
     if seen_rows is not None and len(seen_rows):
         sr, si = torch.as_tensor(seen_rows), torch.as_tensor(seen_items) - 1
         s_score = pair_scores(user_vecs[sr], item_vecs[si]).cpu()

@@ -111,6 +111,30 @@ def loopback_only():
             os.environ[LOCAL_ONLY_ENV] = saved_env
 
 
+_STARTED_HERE = False  # whether init_ray started the Ray in use (a single node, in this process)
+
+
+def map_on_actors(ds, fn, **kwargs):
+    """`ds.map_batches(fn, **kwargs)` for the project's Ray Data actor pools (embedding, evaluation).
+
+    On a cluster, Ray Data's defaults: an actor lost with its node is restarted elsewhere and its batches
+    retried. On the single node started here there is no other node to restart on, and Ray 2.60's core
+    logs an error line on the console for each pool whose actors may restart ("has constructor arguments
+    in the object store and max_restarts > 0"): restarts are off, and a crashed actor fails the stage,
+    which a re-run redoes. Ray 2.60 has no named parameter for it yet (its remote-args function is
+    deprecated for Ray 2.64; that warning is ours to silence, not the user's to read).
+    """
+    if not (_STARTED_HERE and ray.is_initialized()):
+        return ds.map_batches(fn, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args_fn` is deprecated")
+        return ds.map_batches(fn, ray_remote_args_fn=_no_actor_restarts, **kwargs)
+
+
+def _no_actor_restarts() -> dict:
+    return {"max_restarts": 0, "max_task_retries": 0}
+
+
 def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start a local Ray in-process,
     listening on 127.0.0.1 only (`loopback_only`)."""
@@ -125,6 +149,8 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
         # mean for the console reaches it through `worker_lines`) and Ray logs errors only, unless verbose.
         loud = verbose() and not quiet
         kwargs = dict(logging_level="INFO" if loud else "ERROR", log_to_driver=loud)
+        global _STARTED_HERE
+        _STARTED_HERE = False
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -135,6 +161,7 @@ def init_ray(num_cpus: int | None = None, quiet: bool = False) -> None:
             os.environ.setdefault("RAY_worker_maximum_startup_concurrency", "16")
             with loopback_only():
                 ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            _STARTED_HERE = True
     configure_ray_data(quiet)
 
 

@@ -21,7 +21,7 @@ from ray_recall.batch import SequenceTable, in_batches, user_batch
 from ray_recall.config import PipelineConfig
 from ray_recall.models import describe_trained, load_trained
 from ray_recall.rundir import RunDir
-from ray_recall.runtime import bound_heap_growth
+from ray_recall.runtime import bound_heap_growth, map_on_actors
 
 
 _BATCH = 1024  # rows a batch; user rows carry their sequences
@@ -82,10 +82,10 @@ def embed(cfg: PipelineConfig, run: RunDir, log=print) -> dict:
 def _embed_on_ray_data(cfg: PipelineConfig, run: RunDir, meta: dict, tmp: str) -> None:
     compute = dict(compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
                    batch_size=_BATCH, batch_format="pyarrow")  # users carry their sequences: bounded batches
-    items = ray.data.range(meta["num_items"]).map_batches(_item_ids).map_batches(
-        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
-    users = ray.data.read_parquet(run.sequences_uri()).select_columns(_USER_COLUMNS).map_batches(
-        Embedder, fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
+    items = map_on_actors(ray.data.range(meta["num_items"]).map_batches(_item_ids), Embedder,
+                          fn_constructor_kwargs={"run_uri": run.uri, "side": "item"}, **compute)
+    users = map_on_actors(ray.data.read_parquet(run.sequences_uri()).select_columns(_USER_COLUMNS), Embedder,
+                          fn_constructor_kwargs={"run_uri": run.uri, "side": "user"}, **compute)
     items.write_parquet(run.embeddings_uri("items", at=tmp))
     users.write_parquet(run.embeddings_uri("users", at=tmp))
 

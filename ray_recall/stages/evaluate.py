@@ -29,7 +29,7 @@ from ray_recall.metrics import format_table, metrics_from_ranks, standard_errors
 from ray_recall.models import load_trained
 from ray_recall.ranking import rank_targets
 from ray_recall.rundir import RunDir, sample_users
-from ray_recall.runtime import bound_heap_growth
+from ray_recall.runtime import bound_heap_growth, map_on_actors
 
 
 class Evaluator:
@@ -76,8 +76,8 @@ def evaluate(cfg: PipelineConfig, run: RunDir, split: str = "test", log=print) -
         rows = run.read_parquet("data", "sequences", columns=columns)
         ranked = in_batches(lambda b: pa.table(evaluator(b)), rows, ec.batch_size * 4).to_pandas()
     else:
-        ranked = ray.data.read_parquet(run.sequences_uri()).select_columns(columns).map_batches(
-            Evaluator, fn_constructor_kwargs=kwargs,
+        ranked = map_on_actors(
+            ray.data.read_parquet(run.sequences_uri()).select_columns(columns), Evaluator, fn_constructor_kwargs=kwargs,
             compute=ray.data.ActorPoolStrategy(size=cfg.compute.embed_actors), num_cpus=cfg.compute.cpus_per_actor,
             batch_size=ec.batch_size * 4, batch_format="pyarrow",
         ).select_columns(["rank_model", "rank_popularity"]).to_pandas()  # one row per evaluated user
