@@ -415,14 +415,24 @@ class RunDir(Storage):
         """(dense ids [N], vectors [N, D], or [N, K, D] for multi-interest users) of "items" or "users", sorted by id."""
         info = self.read_embeddings_meta()
         key = "item_idx" if _check_side(side) == "items" else "user_idx"
-        tbl = self.read_parquet("embeddings", side)
-        ids = tbl.column(key).to_numpy()
-        flat = tbl.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        vecs = flat.reshape(len(ids), -1)
+        import pyarrow.dataset as pads
+
+        # Batch by batch into the sorted result: the vectors are in memory once, not as a decoded table
+        # beside its combined copy beside the sorted one (at a million items, ~200 MB each).
+        files = pads.dataset(self.path("embeddings", side), filesystem=self.fs, format="parquet")
+        ids = files.to_table(columns=[key]).column(key).to_numpy()
+        order = np.argsort(ids)
+        place = np.empty_like(order)
+        place[order] = np.arange(len(order))
+        vecs = np.empty((len(ids), files.schema.field("embedding").type.list_size), dtype=np.float32)
+        row = 0
+        for batch in files.to_batches(columns=["embedding"], batch_size=1 << 16, use_threads=False):
+            flat = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
+            vecs[place[row:row + batch.num_rows]] = flat
+            row += batch.num_rows
         if side == "users" and info["interests"] > 1:
             vecs = vecs.reshape(len(ids), info["interests"], info["dim"])
-        order = np.argsort(ids)
-        return ids[order], vecs[order]
+        return ids[order], vecs
 
     # ---- index --------------------------------------------------------------------------------
     def write_index(self, files: IndexFiles, **info) -> None:
