@@ -411,12 +411,13 @@ class RunDir(Storage):
             raise DataError(f"{self.uri}: no embeddings (embeddings/meta.json); run the embed stage first")
         return self.read_json("embeddings", "meta.json")
 
-    def read_embeddings(self, side: str) -> tuple[np.ndarray, np.ndarray]:
-        """(dense ids [N], vectors [N, D], or [N, K, D] for multi-interest users) of "items" or "users", sorted by id."""
-        info = self.read_embeddings_meta()
-        key = "item_idx" if _check_side(side) == "items" else "user_idx"
+    def read_embeddings(self, side: str, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(dense ids [N], vectors [N, D], or [N, K, D] for multi-interest users) of "items" or "users", sorted by id;
+        only the `first` of them in id order if given (the rest is never held)."""
         import pyarrow.dataset as pads
 
+        info = self.read_embeddings_meta()
+        key = "item_idx" if _check_side(side) == "items" else "user_idx"
         # Batch by batch into the sorted result: the vectors are in memory once, not as a decoded table
         # beside its combined copy beside the sorted one (at a million items, ~200 MB each).
         files = pads.dataset(self.path("embeddings", side), filesystem=self.fs, format="parquet")
@@ -424,15 +425,19 @@ class RunDir(Storage):
         order = np.argsort(ids)
         place = np.empty_like(order)
         place[order] = np.arange(len(order))
-        vecs = np.empty((len(ids), files.schema.field("embedding").type.list_size), dtype=np.float32)
+        keep = len(ids) if first is None else min(first, len(ids))
+        vecs = np.empty((keep, files.schema.field("embedding").type.list_size), dtype=np.float32)
         row = 0
         for batch in files.to_batches(columns=["embedding"], batch_size=1 << 16, use_threads=False):
             flat = batch.column(0).flatten().to_numpy(zero_copy_only=False).reshape(batch.num_rows, -1)
-            vecs[place[row:row + batch.num_rows]] = flat
+            at = place[row:row + batch.num_rows]
+            wanted = at < keep
+            vecs[at[wanted]] = flat[wanted] if keep < len(ids) else flat
             row += batch.num_rows
+        ids = ids[order[:keep]]
         if side == "users" and info["interests"] > 1:
             vecs = vecs.reshape(len(ids), info["interests"], info["dim"])
-        return ids[order], vecs
+        return ids, vecs
 
     # ---- index --------------------------------------------------------------------------------
     def write_index(self, files: IndexFiles, **info) -> None:

@@ -103,3 +103,12 @@ def test_altered_or_truncated_stage_outputs_are_named_before_use(trained_run, tm
         with pytest.raises(DataError, match=rf"{rel}.*{expect}"):
             run_stage(cfg, "index", force=True, log=lambda *_: None)
         assert run.read_json("index", "meta.json") == RunDir(base.run_dir).read_json("index", "meta.json")  # kept
+
+
+def test_read_embeddings_first_n_are_the_lowest_ids_of_the_whole(trained_run):
+    cfg, _ = trained_run
+    run = RunDir(cfg.run_dir)
+    ids, vecs = run.read_embeddings("users")
+    assert np.all(np.diff(ids) > 0)
+    few_ids, few = run.read_embeddings("users", first=5)
+    assert np.array_equal(few_ids, ids[:5]) and np.array_equal(few, vecs[:5])
