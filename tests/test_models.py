@@ -331,14 +331,13 @@ def test_comirec_uses_a_newly_real_position():
 
 def test_describe_trained_reads_dim_and_interests_without_the_weights(trained_run):
     """The embed stage's driver describes the model from a meta-device build; it must agree with the real one."""
-    from ray_recall.models import describe_trained, load_trained
+    from ray_recall.models import describe_trained, interests_of, load_trained
     from ray_recall.rundir import RunDir
 
     cfg, _ = trained_run
     run = RunDir(cfg.run_dir)
     model, _ = load_trained(run)
-    interests = int(getattr(model, "num_interests", 1)) if model.multi_interest else 1
-    assert describe_trained(run) == (model.embedding_dim, interests)
+    assert describe_trained(run) == (model.embedding_dim, interests_of(model))
     for name in available_models():  # every model builds on the meta device (no memory), as describe_trained does
         with torch.device("meta"):
             m = build_model(name, tiny_schema(), 16, {})

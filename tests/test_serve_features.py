@@ -46,9 +46,9 @@ def _derive_run(src: str, dst: str, name: str, params: dict, dim: int = 32, fact
     import pyarrow.parquet as pq
     import torch
 
-    from ray_recall.stages.embed import _interests, _vectors_table
+    from ray_recall.stages.embed import _vectors_table
     from ray_recall.index import VectorIndex
-    from ray_recall.models import build_model
+    from ray_recall.models import build_model, interests_of
     from ray_recall.batch import user_batch
     from ray_recall.rundir import ModelFile, RunDir, tensor_bytes
 
@@ -68,7 +68,7 @@ def _derive_run(src: str, dst: str, name: str, params: dict, dim: int = 32, fact
     for side, key, ids, vecs in (("items", "item_idx", items, item_vecs), ("users", "user_idx", users, user_vecs)):
         os.makedirs(f"{dst}/embeddings/{side}")
         pq.write_table(_vectors_table(key, ids, vecs), f"{dst}/embeddings/{side}/part-0.parquet")
-    run.write_json({"dim": dim, "interests": _interests(model), "num_items": schema.num_items,
+    run.write_json({"dim": dim, "interests": interests_of(model), "num_items": schema.num_items,
                     "num_users": int(len(users)), "seconds": 0.0}, "embeddings", "meta.json")
     metric = run.read_json("index", "meta.json")["metric"]
     VectorIndex(factory, metric).fit(item_vecs, items).save(run)

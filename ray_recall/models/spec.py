@@ -169,7 +169,12 @@ def describe_trained(run) -> tuple[int, int]:
     model_file = run.read_model()
     with torch.device("meta"):
         model = build_model(model_file.name, run.read_schema(), model_file.embedding_dim, model_file.params)
-    return model.embedding_dim, int(getattr(model, "num_interests", 1)) if model.multi_interest else 1
+    return model.embedding_dim, interests_of(model)
+
+
+def interests_of(model) -> int:
+    """Vectors per user: K for a multi-interest model, else 1."""
+    return int(getattr(model, "num_interests", 1)) if model.multi_interest else 1
 
 
 def load_trained(run):
