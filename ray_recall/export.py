@@ -25,7 +25,7 @@ from torch import nn
 
 from ray_recall import batch as B
 from ray_recall.errors import RayRecallError
-from ray_recall.models import build_from_file
+from ray_recall.models import build_from_file, interests_of
 from ray_recall.models.layers import length_mask
 from ray_recall.rundir import EXPORT_FILES, RunDir
 
@@ -84,7 +84,7 @@ def export_model(model: nn.Module, *, with_time: bool = False) -> tuple[dict[str
     finally:
         model.train(training)
     return files, {"model": model.registry_name, "embedding_dim": model.embedding_dim,
-                   "interests": model.num_interests if model.multi_interest else 1,
+                   "interests": interests_of(model),
                    "multi_interest": model.multi_interest, "normalized": model.normalize, "max_len": model.max_len,
                    "num_users": model.num_users, "num_items": model.num_items, "opset": OPSET, "towers": towers}
 
