@@ -190,6 +190,9 @@ class TrainConfig(_Section):
     window: Literal["tile", "random", "last"] = "tile"
     """all_positions: how a user's train part is cut into windows of max_len: tile (every target once per epoch)
     | random (one window per user, a fresh start each epoch) | last (the most recent window only)"""
+    length_buckets: bool = False
+    """all_positions: batch windows of about the same length (sorted within a chunk of ~16k windows, batches in
+    random order) and cut each batch to its longest window: a step's cost follows its targets, not max_len"""
     softmax: Literal["sampled", "full"] = "sampled"
     """list-wise: sampled (against sampled and/or in-batch negatives) | full (the exact softmax over every item,
     in chunks of bounded memory; no negatives are sampled)"""

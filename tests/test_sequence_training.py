@@ -237,7 +237,7 @@ def test_gathered_in_batch_negatives_equal_one_worker_on_the_global_batch(tmp_pa
 def test_sparse_id_tables_take_the_dense_adam_step_and_touch_only_used_rows(name):
     """A first step of the lazy (sparse) Adam is dense Adam's (but where a gradient is about Adam's eps, which the
     two place differently); later, rows no batch used stay as they were."""
-    from ray_recall.stages.train.loop import Optimizers
+    from ray_recall.stages.train.optim import Optimizers
 
     tc = TrainConfig(lr=0.01, num_negatives=5)
     counts = np.ones(NUM_ITEMS + 1)

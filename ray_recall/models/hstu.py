@@ -30,9 +30,12 @@ from ray_recall.schema import DataSchema
 class _HSTUBlock(nn.Module):
     """x [B, L, D], allowed [B, 1, L, L] (True = may attend), bias [B, h, L, L] -> [B, L, D]."""
 
-    def __init__(self, dim: int, heads: int, attention_dim: int, linear_dim: int, dropout_rate: float):
+    def __init__(self, dim: int, heads: int, attention_dim: int, linear_dim: int, dropout_rate: float, max_len: int):
         super().__init__()
         self.heads, self.attention_dim, self.linear_dim = heads, attention_dim, linear_dim
+        # The aggregated attention is divided by the longest history the model takes (the paper's n), a constant:
+        # dividing by a batch's padded width would make a state depend on how far its row was padded.
+        self.max_len = max_len
         self.ln_in = nn.LayerNorm(dim)
         self.uvqk = nn.Linear(dim, heads * (2 * linear_dim + 2 * attention_dim))
         self.ln_attn = nn.LayerNorm(heads * linear_dim)
@@ -45,7 +48,7 @@ class _HSTUBlock(nn.Module):
         u, v, q, k = F.silu(self.uvqk(self.ln_in(x))).split([h * dl, h * dl, h * da, h * da], dim=-1)
         q, k = (t.reshape(b, L, h, da).transpose(1, 2) for t in (q, k))  # [B, h, L, da]
         v = v.reshape(b, L, h, dl).transpose(1, 2)  # [B, h, L, dl]
-        attn = F.silu(q @ k.transpose(-1, -2) + bias) / L  # [B, h, L, L]
+        attn = F.silu(q @ k.transpose(-1, -2) + bias) / self.max_len  # [B, h, L, L]
         attn = attn * allowed
         av = (attn @ v).transpose(1, 2).reshape(b, L, h * dl)
         return x + self.out(self.dropout(u * self.ln_attn(av)))
@@ -89,7 +92,8 @@ class HSTU(RecallModel):
         self.pos_emb = nn.Embedding(schema.max_len, embedding_dim)
         nn.init.normal_(self.pos_emb.weight, std=embedding_dim ** -0.5)
         self.emb_dropout = nn.Dropout(dropout_rate)
-        self.blocks = nn.ModuleList(_HSTUBlock(embedding_dim, num_heads, attention_dim, linear_dim, dropout_rate)
+        self.blocks = nn.ModuleList(_HSTUBlock(embedding_dim, num_heads, attention_dim, linear_dim, dropout_rate,
+                                               schema.max_len)
                                     for _ in range(num_blocks))
         # Relative attention bias, shared by the blocks as in the reference implementation.
         self.rel_pos = nn.Embedding(schema.max_len, num_heads)  # by distance i - j (>= 0 under the causal mask)

@@ -36,9 +36,29 @@ def rows_per_chunk(examples_per_user: float) -> int:
 
 
 def split_batches(chunk: dict[str, torch.Tensor], batch_size: int):
-    """A built chunk -> its consecutive batches of `batch_size` examples (views; the last may be shorter)."""
+    """A built chunk -> its consecutive batches of `batch_size` examples (views; the last may be shorter).
+
+    All-position batches (POS [E, L]) are cut to their longest window: the inputs are right-padded and the
+    encoders causal, so the columns past it are padding on every row and change no output.
+    """
     for start in range(0, len(chunk[B.USER]), batch_size):
-        yield {k: v[start:start + batch_size] for k, v in chunk.items()}
+        batch = {k: v[start:start + batch_size] for k, v in chunk.items()}
+        if batch[B.POS].dim() == 2 and len(batch[B.POS]):
+            width = int(batch[B.HIST_LEN].max())
+            if width < batch[B.HIST].shape[1]:
+                for key in (B.HIST, B.HIST_TIME, B.POS):
+                    if key in batch:
+                        batch[key] = batch[key][:, :width]
+        yield batch
+
+
+def by_length(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A shuffled order of examples -> one whose consecutive `batch_size` runs hold examples of about the same length
+    (sorted by length, the runs in random order; the shortest leftover run last, so that runs stay aligned)."""
+    ranked = order[np.argsort(lengths[order], kind="stable")]
+    rest = len(ranked) % batch_size
+    full = ranked[rest:].reshape(-1, batch_size)
+    return np.concatenate([full[rng.permutation(len(full))].reshape(-1), ranked[:rest]])
 
 
 def window_starts(m: np.ndarray, max_len: int, window: str,
@@ -71,16 +91,18 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
 
     targets: "per_prefix" or "all_positions"; window: how all-position windows are cut (`window_starts`).
     Output keys (see ray_recall.batch): USER, HIST, HIST_LEN, HIST_TIME (when the rows carry times), POS
-    ([E] per prefix, [E, L] all positions), NEG [E, N].
+    ([E] per prefix, [E, L] all positions), NEG [E, N]. `length_batches` (all positions): order the chunk's
+    windows so that each run of that many has windows of about the same length (`by_length`).
     """
 
     def __init__(self, sampler: NegativeSampler, max_len: int, num_negatives: int, seed: int, epoch: int,
-                 targets: str = "per_prefix", window: str = "tile"):
+                 targets: str = "per_prefix", window: str = "tile", length_batches: int = 0):
         if targets not in ("per_prefix", "all_positions"):
             raise ValueError(f"targets must be per_prefix or all_positions, got {targets!r}")
         super().__init__()
         self.sampler, self.max_len, self.num_negatives = sampler, max_len, num_negatives
         self.seed, self.epoch, self.targets, self.window = seed, epoch, targets, window
+        self.length_batches = length_batches if targets == "all_positions" else 0  # batch size for `by_length`; 0 = off
 
     def __call__(self, rows: pa.Table) -> dict[str, torch.Tensor]:
         users = rows.column("user_idx").to_numpy().astype(np.int64)
@@ -102,6 +124,8 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
             hist = local.slices(row, start, hist_len, L)
             target = local.slices(row, start + 1, hist_len, L)
         order = rng.permutation(len(row))
+        if self.length_batches:
+            order = by_length(order, hist_len, self.length_batches, rng)
         row, start, hist, hist_len, target = row[order], start[order], hist[order], hist_len[order], target[order]
         out = {B.USER: torch.from_numpy(users[row]), B.HIST: torch.from_numpy(hist),
                B.HIST_LEN: torch.from_numpy(hist_len.astype(np.int64)), B.POS: torch.from_numpy(target)}

@@ -55,9 +55,12 @@ def exchange_unsuitable(model: torch.nn.Module) -> str | None:
     world = dist.get_world_size()
     if world & (world - 1):
         return f"{world} workers, not a power of two"
-    if any(getattr(m, "sparse", False) for m in model.modules()):
+    ignored = getattr(model, "parameters_to_ignore", set())  # DDP's: synced elsewhere (sparse id tables)
+    module = getattr(model, "module", model)
+    if any(getattr(m, "sparse", False) and f"{n}.weight" not in ignored for n, m in module.named_modules()):
         return "sparse gradients (id tables)"
-    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    grad_bytes = sum(p.numel() * p.element_size() for n, p in module.named_parameters()
+                     if p.requires_grad and n not in ignored)
     if grad_bytes > SMALL_GRADIENT_BYTES:
         return f"{grad_bytes / 2**20:.1f} MiB of gradients, more than one DDP bucket"
     return None
@@ -70,7 +73,9 @@ def setup_grad_sync(ddp_model: torch.nn.Module, grad_sync: str) -> str:
     reason = exchange_unsuitable(ddp_model)
     if reason is None:
         ddp_model.register_comm_hook(None, exchange_allreduce_hook)
-        size = sum(p.numel() * p.element_size() for p in ddp_model.parameters() if p.requires_grad)
+        ignored = getattr(ddp_model, "parameters_to_ignore", set())
+        size = sum(p.numel() * p.element_size() for n, p in ddp_model.module.named_parameters()
+                   if p.requires_grad and n not in ignored)
         return f"gradients ({size / 1024:.0f} KiB) averaged by pairwise exchange (train.grad_sync={grad_sync})"
     if grad_sync == "exchange":
         raise ConfigError(f"train.grad_sync='exchange' cannot apply to this run ({reason}); use 'allreduce' or 'auto'")

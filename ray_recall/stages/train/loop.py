@@ -24,6 +24,7 @@ from ray_recall.rundir import ModelFile, RunDir, read_checkpoint_dir, write_chec
 from ray_recall.runtime import emit, emit_progress
 from ray_recall.stages.train.batches import SequenceBatchBuilder, examples_per_user, rows_per_chunk, split_batches
 from ray_recall.stages.train.comm import gather_rows, setup_grad_sync
+from ray_recall.stages.train.optim import Optimizers
 from ray_recall.stages.train.step import ItemTables, batch_loss
 from ray_recall.tracking import EpochLogger
 
@@ -40,44 +41,6 @@ def resolve_targets(tc: TrainConfig, model_name: str) -> str:
 
 
 SPARSE_MIN_ROWS = 100_000  # train.sparse_embeddings=auto: id tables at least this large get sparse gradients
-
-
-class Optimizers:
-    """Adam for the dense parameters, SparseAdam (lazy: only the rows a step touched) for sparse id tables."""
-
-    def __init__(self, model: torch.nn.Module, tc: TrainConfig, sparse_min_rows: int | None):
-        sparse = []
-        if sparse_min_rows is not None and getattr(model, "sparse_safe", False):
-            for module in model.modules():
-                if isinstance(module, torch.nn.Embedding) and module.num_embeddings >= sparse_min_rows:
-                    module.sparse = True
-                    sparse.append(module.weight)
-        ids = {id(p) for p in sparse}
-        dense = [p for p in model.parameters() if id(p) not in ids]
-        self.dense = torch.optim.Adam(dense, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.sparse = torch.optim.SparseAdam(sparse, lr=tc.lr) if sparse else None
-        self.sparse_rows = sum(p.shape[0] for p in sparse)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.dense.zero_grad(set_to_none=set_to_none)
-        if self.sparse is not None:
-            self.sparse.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        self.dense.step()
-        if self.sparse is not None:
-            self.sparse.step()
-
-    def state_dict(self) -> dict:
-        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict() if self.sparse else None}
-
-    def load_state_dict(self, state: dict) -> None:
-        if "dense" not in state:  # a checkpoint from a single Adam
-            self.dense.load_state_dict(state)
-            return
-        self.dense.load_state_dict(state["dense"])
-        if self.sparse is not None and state.get("sparse") is not None:
-            self.sparse.load_state_dict(state["sparse"])
 
 
 class Trainer:
@@ -99,9 +62,11 @@ class Trainer:
         self.num_negatives = 0 if full else tc.num_negatives
         self.rows_per_chunk = rows_per_chunk(examples_per_user(self.meta, self.targets, self.schema.max_len, tc.window))
 
-    def builder(self, epoch: int) -> SequenceBatchBuilder:
+    def builder(self, epoch: int, batch_size: int | None = None) -> SequenceBatchBuilder:
+        """The chunk builder of `epoch`; batch_size: the batches the chunks will be cut into (train.length_buckets)."""
         return SequenceBatchBuilder(self.sampler, self.schema.max_len, self.num_negatives, self.tc.seed, epoch,
-                                    self.targets, self.tc.window)
+                                    self.targets, self.tc.window,
+                                    (batch_size or self.tc.batch_size) if self.tc.length_buckets else 0)
 
     def step(self, model, batch: dict, weight: float = 1.0, gather=None) -> tuple[float, int]:
         """One gradient step (`model` may be DDP-wrapped); weight 0 = a step that only keeps DDP in step."""
@@ -185,6 +150,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start_epoch, history = state["epoch"] + 1, state["history"]
     # DDP when world > 1 (moved to the GPU when use_gpu). No buffer broadcast before every forward: the
     # models' buffers (feature code tables, fixed routing logits) never change while training.
+    trainer.optimizer.sync_sparse_myself(trainer.model)  # sparse id tables: RowAdam averages their rows, not DDP
     model = ray.train.torch.prepare_model(trainer.model, parallel_strategy_kwargs={"broadcast_buffers": False})
     sync = setup_grad_sync(model, tc.grad_sync)  # small gradients on CPU are latency-bound: see comm.py
     device = ray.train.torch.get_device()
@@ -213,7 +179,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         shard_users: list[np.ndarray] = []  # the users this worker trained on this epoch (a part of its shard)
         # Ray Data hands over chunks of whole users, built into examples (windows, negatives) in its prefetch
         # thread and cut into this worker's batches here: Ray Data's per-batch cost is paid once a chunk.
-        chunks = shard.iter_torch_batches(batch_size=trainer.rows_per_chunk, collate_fn=trainer.builder(epoch),
+        chunks = shard.iter_torch_batches(batch_size=trainer.rows_per_chunk, collate_fn=trainer.builder(epoch, per_worker_batch),
                                           prefetch_batches=2, local_shuffle_buffer_size=max(4 * trainer.rows_per_chunk, 256),
                                           local_shuffle_seed=tc.seed * 1000 + epoch * world + rank)
         shown = time.perf_counter()

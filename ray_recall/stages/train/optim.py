@@ -1,0 +1,186 @@
+"""Optimizers: Adam for dense parameters, a row-wise lazy Adam for large id tables with sparse gradients.
+
+An item table at a million items is most of a model's parameters, and a step touches a few thousand of
+its rows. Lazy Adam updates only those rows (their moments and weights), as torch's SparseAdam does,
+with the same arithmetic; `RowAdam` does it with fewer passes over memory, which is what the step costs
+at that size (the rows are scattered over hundreds of MB): the gradient's rows are summed per id with
+one `unique` + `index_add_` instead of a sparse coalesce, both moments of a row sit side by side in one
+[rows, 2, D] tensor (one gather, one scatter), and the weights are gathered, updated and scattered back
+instead of being added to as a sparse tensor. Measured in benchmarks/scale.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+def rows_of(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse row gradient (an nn.Embedding's with sparse=True) -> (unique row ids [U], summed rows [U, D])."""
+    if grad.is_coalesced():
+        return grad._indices()[0], grad._values()
+    return sum_rows(grad._indices()[0], grad._values())
+
+
+def sum_rows(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows with repeated ids -> (unique ids [U], the sum of each id's rows [U, ...])."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    summed = values.new_zeros((len(unique), *values.shape[1:]))
+    summed.index_add_(0, inverse, values)
+    return unique, summed
+
+
+def mean_rows_over_workers(ids: torch.Tensor, values: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each worker's (unique ids, rows) -> every worker's mean gradient rows (a row no worker has is 0).
+
+    What DDP's all-reduce does for a dense gradient, for a sparse one: each worker sends the rows it
+    touched (all-gather, padded to the most rows any worker has), and every worker sums them per id and
+    divides by the number of workers. Workers' rows are summed per id before they are sent, so the
+    exchange is (unique rows touched) x workers, not (lookups) x workers as DDP's sparse all-reduce.
+    """
+    world = dist.get_world_size(group)
+    count = torch.tensor([len(ids)], device=ids.device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count, group=group)
+    counts = [int(c) for c in counts]
+    most = max(counts)
+    padded_ids = ids.new_zeros(most)
+    padded_ids[:len(ids)] = ids
+    padded = values.new_zeros((most, *values.shape[1:]))
+    padded[:len(ids)] = values
+    all_ids, all_values = [torch.empty_like(padded_ids) for _ in range(world)], [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(all_ids, padded_ids, group=group)
+    dist.all_gather(all_values, padded, group=group)
+    ids, values = sum_rows(torch.cat([x[:n] for x, n in zip(all_ids, counts)]),
+                           torch.cat([x[:n] for x, n in zip(all_values, counts)]))
+    return ids, values.div_(world)
+
+
+class RowAdam(torch.optim.Optimizer):
+    """Lazy Adam for parameters whose gradients are sparse in their rows: torch.optim.SparseAdam's update.
+
+    Per parameter: one step count (bias correction as SparseAdam's), and the first and second moments of
+    every row in `moments` [rows, 2, ...]; a row's moments and weights change only on the steps whose
+    gradient touches it. Loads a SparseAdam state dict too (checkpoints written before this class).
+
+    `average_over_workers`: the gradients are this worker's own (DDP told to ignore these parameters) and
+    the step first averages them over every worker (`mean_rows_over_workers`); every worker must step.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 average_over_workers: bool = False):
+        if lr <= 0 or eps <= 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"RowAdam: invalid lr={lr}, betas={betas} or eps={eps}")
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        self.average_over_workers = average_over_workers
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, eps = group["lr"], group["eps"]
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                synced = self.average_over_workers and dist.is_initialized() and dist.get_world_size() > 1
+                if p.grad is None and not synced:
+                    continue
+                if p.grad is not None and not p.grad.is_sparse:
+                    raise RuntimeError("RowAdam takes sparse row gradients (nn.Embedding(sparse=True)); "
+                                       "use torch.optim.Adam for dense ones")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["moments"] = torch.zeros((p.shape[0], 2, *p.shape[1:]), dtype=p.dtype, device=p.device)
+                state["step"] += 1
+                step = float(state["step"])
+                if p.grad is None:  # this worker touched no row, the others may have
+                    ids, g = torch.zeros(0, dtype=torch.long, device=p.device), p.new_zeros((0, *p.shape[1:]))
+                else:
+                    ids, g = rows_of(p.grad)
+                if synced:
+                    ids, g = mean_rows_over_workers(ids, g)
+                if not len(ids):
+                    continue
+                moments = state["moments"].index_select(0, ids)  # [U, 2, D]
+                m, v = moments[:, 0], moments[:, 1]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                state["moments"].index_copy_(0, ids, moments)
+                step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+                rows = p.index_select(0, ids)
+                rows.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+                p.index_copy_(0, ids, rows)
+        return loss
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = {**state_dict, "state": {k: _from_sparse_adam(s) for k, s in state_dict["state"].items()}}
+        super().load_state_dict(state_dict)
+
+
+def _from_sparse_adam(s: dict) -> dict:
+    """A torch.optim.SparseAdam parameter state -> RowAdam's (the same moments, side by side)."""
+    if "exp_avg" not in s:
+        return s
+    return {"step": torch.as_tensor(s["step"], dtype=torch.float32),
+            "moments": torch.stack([s["exp_avg"], s["exp_avg_sq"]], dim=1)}
+
+
+class Optimizers:
+    """Adam for the dense parameters, RowAdam (lazy: only the rows a step touched) for sparse id tables."""
+
+    def __init__(self, model: torch.nn.Module, tc, sparse_min_rows: int | None):
+        """tc: the TrainConfig (lr, weight_decay); id tables of at least `sparse_min_rows` rows (None: none) go sparse."""
+        sparse, self.sparse_names = [], []
+        if sparse_min_rows is not None and getattr(model, "sparse_safe", False):
+            for name, module in model.named_modules():
+                if isinstance(module, torch.nn.Embedding) and module.num_embeddings >= sparse_min_rows:
+                    module.sparse = True
+                    sparse.append(module.weight)
+                    self.sparse_names.append(f"{name}.weight")
+        ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in ids]
+        self.dense = torch.optim.Adam(dense, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.sparse = RowAdam(sparse, lr=tc.lr) if sparse else None
+        self.sparse_rows = sum(p.shape[0] for p in sparse)
+
+    def sync_sparse_myself(self, model: torch.nn.Module) -> None:
+        """Before DDP wraps `model`: DDP leaves the sparse tables alone and RowAdam averages their gradients.
+
+        DDP's own all-reduce of a sparse gradient all-gathers every lookup of every worker (uncoalesced); RowAdam
+        sends each worker's touched rows once (`mean_rows_over_workers`). The tables start equal on every worker
+        from rank 0's copy, as DDP does for the parameters it syncs.
+        """
+        if self.sparse is None or not dist.is_initialized() or dist.get_world_size() == 1:
+            return
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, self.sparse_names)
+        self.sparse.average_over_workers = True
+        with torch.no_grad():
+            for group in self.sparse.param_groups:
+                for p in group["params"]:
+                    dist.broadcast(p, src=0)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        if self.sparse is not None:
+            self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()
+
+    def state_dict(self) -> dict:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict() if self.sparse else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "dense" not in state:  # a checkpoint from a single Adam
+            self.dense.load_state_dict(state)
+            return
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None and state.get("sparse") is not None:
+            self.sparse.load_state_dict(state["sparse"])
