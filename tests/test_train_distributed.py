@@ -121,7 +121,8 @@ def test_a_worker_holds_nothing_that_grows_with_the_users(data_copy):
 
 
 def test_two_workers_with_sparse_id_tables(data_copy):
-    """Sparse gradients for the id tables (lazy Adam) under DDP: the gradient exchange steps aside, training learns."""
+    """Sparse gradients for the id tables (lazy Adam, which averages their rows over the workers itself): DDP syncs
+    only the dense rest, by the pairwise exchange; training learns."""
     lines = []
     cfg = data_copy.replace(**{"train.num_workers": 2, "train.cpus_per_worker": 0.5, "train.sparse_embeddings": "on",
                                "train.epochs": 3})
@@ -129,3 +130,5 @@ def test_two_workers_with_sparse_id_tables(data_copy):
     assert summary["val_recall@10"] > 0.2, summary["history"]
     losses = [h["loss"] for h in summary["history"]]
     assert losses[-1] < losses[0]
+    said = "\n".join(lines)
+    assert "averaged by pairwise exchange" in said and "lazy Adam" in said, said

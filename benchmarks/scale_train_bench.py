@@ -1,0 +1,186 @@
+"""Training throughput at scale, steady state: the 10M synthetic log against MovieLens-100K; -> benchmarks/scale_train.md.
+
+    RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/scale_train_bench.py     # ~20 min on 2 cores
+
+The same models and settings as benchmarks/scale.md (the shipped DSSM and SASRec configs, 2 Ray Train
+workers of 1 CPU and 1 thread), but measured where a long run spends its time: an epoch of the 10M log
+is `--steps` optimizer steps per worker, enough that Ray Data's per-epoch start and the chunks built
+ahead (a chunk is ~16k examples: 512 SASRec steps, 256 DSSM steps of a worker) are paid over many steps;
+MovieLens-100K trains full epochs. Throughput per core = targets / s over the epochs after the first,
+divided by 2 workers. SASRec is measured with and without `train.length_buckets`.
+
+Then where a step's time goes, in one process (no Ray, 1 thread): building the chunk's examples
+(negatives drawn and rejected), forward, backward, optimizer, per step, at both sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import yaml
+
+from report import write_report
+from scale_bench import config, generate
+
+PY = sys.executable
+TARGET_RATIO = 0.8
+CASES = [("dssm", {}), ("sasrec", {}), ("sasrec", {"train.length_buckets": True})]
+
+
+def cli(*args: str, log: str) -> None:
+    with open(log, "a") as f:
+        subprocess.run([PY, "-m", "ray_recall.cli", *args, "--num-cpus", "3"], check=True, stdout=f,
+                       stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def train(base: dict, over: dict, work: str, name: str) -> dict:
+    """`ray-recall train` in a fresh process on base's (already preprocessed) run; its per-epoch history."""
+    cfg = {**base}
+    path = os.path.join(work, f"{name}.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    sets = [a for k, v in over.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+    t0 = time.perf_counter()
+    cli("train", "--config", path, "--force", *sets, log=os.path.join(work, f"{name}.log"))
+    history = json.load(open(os.path.join(cfg["run_dir"], "model", "training.json")))["history"]
+    steady = history[1:]
+    samples, seconds = sum(h["samples"] for h in steady), sum(h["epoch_seconds"] for h in steady)
+    cpu = sum(h["cpu_seconds"] for h in steady)
+    return {"per_core": samples / seconds / 2, "epochs": len(history), "seconds": seconds, "samples": samples,
+            "cpu_share": cpu / seconds / 2, "wall": time.perf_counter() - t0}
+
+
+def breakdown(cfg_dict: dict, over: dict, steps: int) -> dict:
+    """ms per step of build / forward / backward / optimizer, one process, one thread, per-worker batches of 2."""
+    import numpy as np
+    import torch
+
+    from ray_recall.config import PipelineConfig
+    from ray_recall.rundir import RunDir
+    from ray_recall.stages.train.batches import split_batches
+    from ray_recall.stages.train.loop import Trainer
+    from ray_recall.stages.train.step import batch_loss
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = PipelineConfig.from_dict(cfg_dict).replace(**over)
+    run = RunDir(cfg.run_dir)
+    tr = Trainer(cfg, run)
+    per = max(1, cfg.train.batch_size // 2)
+    rows = run.read_parquet("data", "sequences", columns=["user_idx", "items", "times", "length"])
+    order = np.random.default_rng(0).permutation(rows.num_rows)
+    builder, model = tr.builder(1, per), tr.model.train()
+    t = dict(build=0.0, forward=0.0, backward=0.0, optimizer=0.0)
+    built = n = targets = 0
+    for i in range(0, rows.num_rows, tr.rows_per_chunk):
+        t0 = time.perf_counter()
+        chunk = builder(rows.take(order[i:i + tr.rows_per_chunk]))
+        t["build"] += time.perf_counter() - t0
+        built += len(next(iter(chunk.values())))
+        for batch in split_batches(chunk, per):
+            t0 = time.perf_counter()
+            loss, k = batch_loss(model, batch, cfg.train, tr.tables)
+            t1 = time.perf_counter()
+            tr.optimizer.zero_grad()
+            loss.backward()
+            t2 = time.perf_counter()
+            tr.optimizer.step()
+            t3 = time.perf_counter()
+            t["forward"] += t1 - t0
+            t["backward"] += t2 - t1
+            t["optimizer"] += t3 - t2
+            n, targets = n + 1, targets + k
+            if n >= steps:
+                break
+        if n >= steps:
+            break
+    t["build"] *= n * per / built  # a chunk's build, charged to the steps it feeds
+    ms = {k: 1000 * v / n for k, v in t.items()}
+    return {"ms": ms, "targets_per_step": targets / n, "per_core": targets / n / (sum(ms.values()) / 1000)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work-dir", default="/tmp/ray_recall_scale_train")
+    ap.add_argument("--out", default="benchmarks/scale_train.md")
+    ap.add_argument("--profile-steps", type=int, default=200)
+    args = ap.parse_args()
+    work = os.path.abspath(args.work_dir)
+    os.makedirs(work, exist_ok=True)
+    started = time.strftime("%Y-%m-%d %H:%M")
+    paths = generate(work, 10)
+    data = {"10M": os.path.join(work, "data_10M"), "ml100k": os.path.join(work, "data_ml100k")}
+    for label, run in data.items():
+        if not os.path.exists(os.path.join(run, "data", "meta.json")):
+            cfg = config("sasrec", paths if label == "10M" else None, run, 2, 1000)
+            path = os.path.join(work, f"preprocess_{label}.yaml")
+            yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
+            cli("preprocess", "--config", path, log=os.path.join(work, "preprocess.log"))
+    steps = {"dssm": 512, "sasrec": 768}
+    results = []
+    for model, over in CASES:
+        row = {"model": model, "over": over}
+        for label, run in data.items():
+            cfg = config(model, paths if label == "10M" else None, run, 2, 1000)
+            if label == "10M":
+                cfg["train"].update({"epochs": 2, "max_steps": steps[model]})
+            else:
+                cfg["train"].update({"epochs": 6, "max_steps": None})
+            name = f"{model}_{label}" + ("_buckets" if over else "")
+            row[label] = train(cfg, over, work, name)
+            row[label + "_profile"] = breakdown(cfg, over, args.profile_steps)
+            print(f"[scale-train] {name}: {row[label]['per_core']:,.0f} targets/s per core (Ray, 2 workers); "
+                  f"one process {row[label + '_profile']['per_core']:,.0f}", flush=True)
+        results.append(row)
+    json.dump(results, open(os.path.join(work, "results.json"), "w"), indent=1)
+    write(args.out, started, steps, results)
+
+
+def write(out: str, started: str, steps: dict, results: list) -> None:
+    lines = ["# Training throughput at scale, steady state (10M synthetic log vs MovieLens-100K)", "",
+             "Command: `RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/scale_train_bench.py`", "",
+             f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; recorded "
+             f"{started}. Shipped configs, 2 Ray Train workers (1 CPU, 1 thread each), `ray-recall train` in a fresh "
+             f"process. 10M: 2 epochs of {steps['dssm']} (DSSM) / {steps['sasrec']} (SASRec) steps per worker; "
+             "MovieLens-100K: 6 full epochs. Throughput from the epochs after the first.", "",
+             "## Ray Train, 2 workers: targets per second per core", "",
+             "| model | setting | ML-100K | 10M | 10M / ML-100K | CPU busy (10M) |", "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        setting = ", ".join(f"{k}={v}" for k, v in r["over"].items()) or "shipped"
+        ml, big = r["ml100k"]["per_core"], r["10M"]["per_core"]
+        lines.append(f"| {r['model']} | {setting} | {ml:,.0f} | {big:,.0f} | {big / ml:.2f}x | "
+                     f"{r['10M']['cpu_share']:.0%} |")
+    lines += ["", "## One process, one thread: milliseconds per step (per-worker batch)", "",
+              "| model | setting | data | targets / step | build | forward | backward | optimizer | targets/s |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        setting = ", ".join(f"{k}={v}" for k, v in r["over"].items()) or "shipped"
+        for label in ("ml100k", "10M"):
+            p = r[label + "_profile"]
+            lines.append(f"| {r['model']} | {setting} | {label} | {p['targets_per_step']:,.0f} | "
+                         + " | ".join(f"{p['ms'][k]:.1f}" for k in ("build", "forward", "backward", "optimizer"))
+                         + f" | {p['per_core']:,.0f} |")
+    lines += ["", "## Targets", ""]
+    for r in results:
+        setting = ", ".join(f"{k}={v}" for k, v in r["over"].items()) or "shipped"
+        ml, big = r["ml100k"]["per_core"], r["10M"]["per_core"]
+        lines.append(f"- {r['model']} ({setting}): {big:,.0f} targets/s per core at 10M, {ml:,.0f} on MovieLens-100K "
+                     f"({big / ml:.2f}x; target >= {TARGET_RATIO}x): {'met' if big >= TARGET_RATIO * ml else '**missed**'}.")
+    write_report(out, lines)
+
+
+if __name__ == "__main__":
+    main()
