@@ -192,7 +192,8 @@ class TrainConfig(_Section):
     | random (one window per user, a fresh start each epoch) | last (the most recent window only)"""
     length_buckets: bool = False
     """all_positions: batch windows of about the same length (sorted within a chunk of ~16k windows, batches in
-    random order) and cut each batch to its longest window: a step's cost follows its targets, not max_len"""
+    random order), so that cutting each batch to its longest window saves compute; off by default: SASRec on
+    MovieLens-100K reached validation Recall@10 0.2375 with it, 0.2524 without (benchmarks/scale_train.md)"""
     softmax: Literal["sampled", "full"] = "sampled"
     """list-wise: sampled (against sampled and/or in-batch negatives) | full (the exact softmax over every item,
     in chunks of bounded memory; no negatives are sampled)"""
