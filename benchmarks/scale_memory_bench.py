@@ -14,17 +14,10 @@ import os
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
+import scale_bench as sb  # first: it puts the repository on sys.path and sets Ray's environment
 import yaml
-
-import scale_bench as sb
 from proctree import ProcessPeaks
+from scale_bench import ROOT
 
 GIB = 1024 ** 3
 

@@ -23,17 +23,9 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
+from scale_bench import ROOT, config, generate  # first: it puts the repository on sys.path and sets Ray's environment
 import yaml
-
 from report import write_report
-from scale_bench import config, generate
 
 PY = sys.executable
 TARGET_RATIO = 0.8
@@ -46,9 +38,8 @@ def cli(*args: str, log: str) -> None:
                        stderr=subprocess.STDOUT, cwd=ROOT)
 
 
-def train(base: dict, over: dict, work: str, name: str) -> dict:
-    """`ray-recall train` in a fresh process on base's (already preprocessed) run; its per-epoch history."""
-    cfg = {**base}
+def train(cfg: dict, over: dict, work: str, name: str) -> dict:
+    """`ray-recall train` in a fresh process on cfg's (already preprocessed) run; its per-epoch history."""
     path = os.path.join(work, f"{name}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)

@@ -59,8 +59,7 @@ def exchange_unsuitable(model: torch.nn.Module) -> str | None:
     module = getattr(model, "module", model)
     if any(getattr(m, "sparse", False) and f"{n}.weight" not in ignored for n, m in module.named_modules()):
         return "sparse gradients (id tables)"
-    grad_bytes = sum(p.numel() * p.element_size() for n, p in module.named_parameters()
-                     if p.requires_grad and n not in ignored)
+    grad_bytes = synced_gradient_bytes(model)
     if grad_bytes > SMALL_GRADIENT_BYTES:
         return f"{grad_bytes / 2**20:.1f} MiB of gradients, more than one DDP bucket"
     return None
@@ -73,13 +72,41 @@ def setup_grad_sync(ddp_model: torch.nn.Module, grad_sync: str) -> str:
     reason = exchange_unsuitable(ddp_model)
     if reason is None:
         ddp_model.register_comm_hook(None, exchange_allreduce_hook)
-        ignored = getattr(ddp_model, "parameters_to_ignore", set())
-        size = sum(p.numel() * p.element_size() for n, p in ddp_model.module.named_parameters()
-                   if p.requires_grad and n not in ignored)
+        size = synced_gradient_bytes(ddp_model)
         return f"gradients ({size / 1024:.0f} KiB) averaged by pairwise exchange (train.grad_sync={grad_sync})"
     if grad_sync == "exchange":
         raise ConfigError(f"train.grad_sync='exchange' cannot apply to this run ({reason}); use 'allreduce' or 'auto'")
     return f"gradients averaged by DDP's all-reduce (train.grad_sync=auto: {reason})"
+
+
+def all_gather_rows(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
+    """Tensors with the same number of rows n_r on each rank -> ([sum n_r, ...] each, in rank order), [n_r per rank].
+
+    One exchange of the row counts, then one all-gather per tensor, padded to the most rows any rank has
+    (all-gather needs equal shapes). Not differentiable (see `gather_rows`).
+    """
+    world = dist.get_world_size()
+    n = tensors[0].shape[0]
+    count = torch.tensor([n], device=tensors[0].device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    most = max(sizes)
+    out = []
+    for t in tensors:
+        padded = t.new_zeros((most, *t.shape[1:]))
+        padded[:n] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([part[:size] for part, size in zip(parts, sizes)]))
+    return out, sizes
+
+
+def synced_gradient_bytes(ddp_model: torch.nn.Module) -> int:
+    """Bytes of the gradients DDP averages: the parameters it was not told to ignore (sparse id tables synced elsewhere)."""
+    ignored = getattr(ddp_model, "parameters_to_ignore", set())
+    module = getattr(ddp_model, "module", ddp_model)
+    return sum(p.numel() * p.element_size() for n, p in module.named_parameters() if p.requires_grad and n not in ignored)
 
 
 class _GatherRows(torch.autograd.Function):
@@ -91,18 +118,9 @@ class _GatherRows(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        world, rank = dist.get_world_size(), dist.get_rank()
-        sizes = torch.tensor([t.shape[0]], device=t.device)
-        every = [torch.zeros_like(sizes) for _ in range(world)]
-        dist.all_gather(every, sizes)
-        sizes = [int(s) for s in every]
-        most = max(sizes)
-        padded = t.new_zeros((most, *t.shape[1:]))
-        padded[: t.shape[0]] = t
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded.contiguous())
-        ctx.sizes, ctx.rank, ctx.most = sizes, rank, most
-        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+        (out,), sizes = all_gather_rows(t)
+        ctx.sizes, ctx.rank, ctx.most = sizes, dist.get_rank(), max(sizes)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -122,9 +140,5 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
         return t
     if t.is_floating_point():
         return _GatherRows.apply(t)
-    with torch.no_grad():
-        return _GatherRows.forward(_NoCtx(), t)
+    return all_gather_rows(t)[0][0]  # ids: no gradient
 
-
-class _NoCtx:
-    """A stand-in autograd context for gathering integer tensors (ids), which carry no gradient."""

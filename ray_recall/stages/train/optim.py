@@ -6,7 +6,7 @@ with the same arithmetic; `RowAdam` does it with fewer passes over memory, which
 at that size (the rows are scattered over hundreds of MB): the gradient's rows are summed per id with
 one `unique` + `index_add_` instead of a sparse coalesce, both moments of a row sit side by side in one
 [rows, 2, D] tensor (one gather, one scatter), and the weights are gathered, updated and scattered back
-instead of being added to as a sparse tensor. Measured in benchmarks/scale.md.
+instead of being added to as a sparse tensor. Measured in benchmarks/scale_train.md.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import math
 
 import torch
 import torch.distributed as dist
+
+from ray_recall.stages.train.comm import all_gather_rows
 
 
 def rows_of(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,30 +34,17 @@ def sum_rows(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, tor
     return unique, summed
 
 
-def mean_rows_over_workers(ids: torch.Tensor, values: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor]:
+def mean_rows_over_workers(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each worker's (unique ids, rows) -> every worker's mean gradient rows (a row no worker has is 0).
 
     What DDP's all-reduce does for a dense gradient, for a sparse one: each worker sends the rows it
-    touched (all-gather, padded to the most rows any worker has), and every worker sums them per id and
-    divides by the number of workers. Workers' rows are summed per id before they are sent, so the
-    exchange is (unique rows touched) x workers, not (lookups) x workers as DDP's sparse all-reduce.
+    touched (`all_gather_rows`), and every worker sums them per id and divides by the number of workers.
+    Workers' rows are summed per id before they are sent, so the exchange is (unique rows touched) x
+    workers, not (lookups) x workers as DDP's sparse all-reduce.
     """
-    world = dist.get_world_size(group)
-    count = torch.tensor([len(ids)], device=ids.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count, group=group)
-    counts = [int(c) for c in counts]
-    most = max(counts)
-    padded_ids = ids.new_zeros(most)
-    padded_ids[:len(ids)] = ids
-    padded = values.new_zeros((most, *values.shape[1:]))
-    padded[:len(ids)] = values
-    all_ids, all_values = [torch.empty_like(padded_ids) for _ in range(world)], [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(all_ids, padded_ids, group=group)
-    dist.all_gather(all_values, padded, group=group)
-    ids, values = sum_rows(torch.cat([x[:n] for x, n in zip(all_ids, counts)]),
-                           torch.cat([x[:n] for x, n in zip(all_values, counts)]))
-    return ids, values.div_(world)
+    (all_ids, all_values), _ = all_gather_rows(ids, values)
+    ids, values = sum_rows(all_ids, all_values)
+    return ids, values.div_(dist.get_world_size())
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -82,11 +71,11 @@ class RowAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        synced = self.average_over_workers and dist.is_initialized() and dist.get_world_size() > 1
         for group in self.param_groups:
             lr, eps = group["lr"], group["eps"]
             beta1, beta2 = group["betas"]
             for p in group["params"]:
-                synced = self.average_over_workers and dist.is_initialized() and dist.get_world_size() > 1
                 if p.grad is None and not synced:
                     continue
                 if p.grad is not None and not p.grad.is_sparse:
