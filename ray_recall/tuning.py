@@ -375,12 +375,17 @@ def _csv(trials: list[dict], keys: list[str], metric: str) -> str:
 
 
 def _close_children(parent, trials: list[dict]) -> None:
-    """Child runs of trials that ASHA stopped were cut off mid-fit: mark them KILLED, not RUNNING forever."""
+    """Child runs of trials that ASHA stopped were cut off mid-fit: mark them KILLED, not RUNNING forever.
+
+    A stopped trial whose process was killed leaves its run RUNNING; one that Tune stopped by raising into it
+    has it FAILED by the tracker on the way out. Either is KILLED unless Tune recorded the trial as an error.
+    """
+    stopped = {t["run_dir"] for t in trials if t["status"] == "stopped by ASHA"}
     runs = parent.client.search_runs([parent.experiment_id],
-                                     filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}' "
-                                                   "and attributes.status = 'RUNNING'")
+                                     filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")
     for r in runs:
-        parent.client.set_terminated(r.info.run_id, status="KILLED")
+        if r.info.status == "RUNNING" or (r.info.status == "FAILED" and r.data.tags.get(RUN_DIR_TAG) in stopped):
+            parent.client.set_terminated(r.info.run_id, status="KILLED")
 
 
 def load_space(path: str) -> dict:
