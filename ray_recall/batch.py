@@ -10,6 +10,9 @@ A training batch is a dict of tensors (numpy arrays before collation):
                [B, L]   int64    all-position training: POS[b, t] is the item after HIST[b, :t+1] (0 = no target)
     NEG        [B, N]   int64    sampled negative items of each row (never one of the user's positives); an
                                  all-position row's negatives serve every one of its positions
+               [1, N]   int64    with shared negatives (train.shared_negatives): one draw for the whole batch
+    NEG_SEEN   [B, N]   bool     with shared negatives: True where NEG is one of the row's user's own items
+                                 (masked in the loss instead of redrawn)
 
 An item batch is {ITEM: int64 tensor of any shape}.
 
@@ -29,6 +32,8 @@ HIST_LEN = "hist_len"
 HIST_TIME = "hist_time"
 POS = "pos_item"
 NEG = "neg_items"
+NEG_SEEN = "neg_seen"
+NEG_POOL = "neg_pool"  # a built chunk's shared negatives, one row per batch [ceil(B / batch size), N]
 ITEM = "item_id"
 
 

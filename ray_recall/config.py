@@ -200,7 +200,12 @@ class TrainConfig(_Section):
     temperature: PositiveNumber = 0.1
     """logits (and BPR margins) are divided by this"""
     num_negatives: NonNegativeInt = 20
-    """sampled negatives per positive (all_positions: per window, shared by its positions)"""
+    """sampled negatives per positive (all_positions: per window, shared by its positions; with
+    shared_negatives: per step, shared by every target of the batch)"""
+    shared_negatives: StrictBool = False
+    """list-wise, sampled: one draw of num_negatives per step, shared by every target of the batch (a target's
+    user's own items among them are masked rather than redrawn): a step touches num_negatives negative rows
+    instead of batch x num_negatives, which is what a large catalog's item tower and sparse optimizer pay for"""
     sampler: Sampler = "word2vec"
     """uniform | word2vec (popularity^0.75) | log_popularity (aliases 0 / 1 / 2)"""
     logq_correction: StrictBool = True
@@ -276,6 +281,9 @@ class TrainConfig(_Section):
         if self.num_negatives == 0 and not self.in_batch_negatives and self.softmax != "full":
             raise ValueError("train.num_negatives=0 needs train.in_batch_negatives=true or train.softmax=full "
                              "(no negatives at all otherwise)")
+        if self.shared_negatives and (self.mode != "listwise" or self.softmax != "sampled" or not self.num_negatives):
+            raise ValueError(f"train.shared_negatives is for the sampled list-wise loss with train.num_negatives > 0; "
+                             f"got mode={self.mode!r}, softmax={self.softmax!r}, num_negatives={self.num_negatives}")
         if self.batch_size < self.num_workers:
             raise ValueError(f"train.batch_size={self.batch_size} is smaller than train.num_workers={self.num_workers}")
         if self.grad_sync == "exchange":

@@ -60,7 +60,8 @@ class NegativeSampler:
         idx = np.minimum(np.searchsorted(positive_keys, keys), len(positive_keys) - 1)
         return positive_keys[idx] == keys
 
-    def _draw(self, shape, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, shape, rng: np.random.Generator) -> np.ndarray:
+        """Item ids of `shape` drawn from the distribution, no rejection (shared negatives mask instead)."""
         return np.minimum(np.searchsorted(self.cdf, rng.random(shape), side="right"), self.num_items).astype(np.int64)
 
     def sample(self, users: np.ndarray, n: int, rng: np.random.Generator,
@@ -71,13 +72,13 @@ class NegativeSampler:
         own rows) or, by default, the keys the sampler was built with.
         """
         users = np.asarray(users, dtype=np.int64)
-        out = self._draw((len(users), n), rng)
+        out = self.draw((len(users), n), rng)
         bad = self.is_positive(users, out, positive_keys)
         for _ in range(self.max_rounds):
             if not bad.any():
                 return out
             rows = np.nonzero(bad)[0]
-            out[bad] = self._draw(int(bad.sum()), rng)
+            out[bad] = self.draw(int(bad.sum()), rng)
             bad[bad] = self.is_positive(users[rows], out[bad], positive_keys)
         if bad.any():
             user = int(users[np.nonzero(bad)[0][0]])

@@ -10,7 +10,9 @@ test), so it holds nothing that grows with the number of users:
   (`POS` [W, L]), so that a causal encoder scores every position in one pass.
 
 Negatives are drawn for each row (a sample, or a window whose positions share them), never one of the
-user's own train-part items: the rows carry those, so rejection needs no global table. Every epoch
+user's own train-part items: the rows carry those, so rejection needs no global table. With shared
+negatives (train.shared_negatives) one draw serves a whole batch (`NEG_POOL`, one row per batch the
+chunk will be cut into) and a row's own items among it are flagged (`NEG_SEEN`) for the loss to mask. Every epoch
 draws fresh ones, seeded by (seed, epoch, the chunk's first user): the same epoch of the same run
 draws the same negatives whatever the worker count. A chunk's examples are shuffled together
 (seeded) and cut into steps by the loop (`split_batches`).
@@ -40,9 +42,13 @@ def split_batches(chunk: dict[str, torch.Tensor], batch_size: int):
 
     All-position batches (POS [E, L]) are cut to their longest window: the inputs are right-padded and the
     encoders causal, so the columns past it are padding on every row and change no output.
+    A chunk with shared negatives (`NEG_POOL` [batches, N]) gives its i-th batch NEG = NEG_POOL[i:i+1].
     """
-    for start in range(0, len(chunk[B.USER]), batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in chunk.items()}
+    pool = chunk.get(B.NEG_POOL)
+    for i, start in enumerate(range(0, len(chunk[B.USER]), batch_size)):
+        batch = {k: v[start:start + batch_size] for k, v in chunk.items() if k != B.NEG_POOL}
+        if pool is not None:
+            batch[B.NEG] = pool[i:i + 1]
         if batch[B.POS].dim() == 2 and len(batch[B.POS]):
             width = int(batch[B.HIST_LEN].max())
             if width < batch[B.HIST].shape[1]:
@@ -93,16 +99,19 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
     Output keys (see ray_recall.batch): USER, HIST, HIST_LEN, HIST_TIME (when the rows carry times), POS
     ([E] per prefix, [E, L] all positions), NEG [E, N]. `length_batches` (all positions): order the chunk's
     windows so that each run of that many has windows of about the same length (`by_length`).
+    `shared_batches`: the batch size the chunk will be cut into, for one draw of negatives per batch
+    (NEG_POOL [ceil(E / shared_batches), N] and NEG_SEEN [E, N] instead of NEG); 0 = a draw per row.
     """
 
     def __init__(self, sampler: NegativeSampler, max_len: int, num_negatives: int, seed: int, epoch: int,
-                 targets: str = "per_prefix", window: str = "tile", length_batches: int = 0):
+                 targets: str = "per_prefix", window: str = "tile", length_batches: int = 0, shared_batches: int = 0):
         if targets not in ("per_prefix", "all_positions"):
             raise ValueError(f"targets must be per_prefix or all_positions, got {targets!r}")
         super().__init__()
         self.sampler, self.max_len, self.num_negatives = sampler, max_len, num_negatives
         self.seed, self.epoch, self.targets, self.window = seed, epoch, targets, window
         self.length_batches = length_batches if targets == "all_positions" else 0  # batch size for `by_length`; 0 = off
+        self.shared_batches = shared_batches
 
     def __call__(self, rows: pa.Table) -> dict[str, torch.Tensor]:
         users = rows.column("user_idx").to_numpy().astype(np.int64)
@@ -131,7 +140,11 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
                B.HIST_LEN: torch.from_numpy(hist_len.astype(np.int64)), B.POS: torch.from_numpy(target)}
         if local.times is not None:
             out[B.HIST_TIME] = torch.from_numpy(local.slices(row, start, hist_len, L, local.times))
-        if self.num_negatives:
+        if self.num_negatives and self.shared_batches:
+            pool = self.sampler.draw((-(-len(row) // self.shared_batches), self.num_negatives), rng)
+            seen = self.sampler.is_positive(users[row], pool[np.arange(len(row)) // self.shared_batches], own)
+            out[B.NEG_POOL], out[B.NEG_SEEN] = torch.from_numpy(pool), torch.from_numpy(seen)
+        elif self.num_negatives:
             out[B.NEG] = torch.from_numpy(self.sampler.sample(users[row], self.num_negatives, rng, own))
         else:
             out[B.NEG] = torch.zeros((len(row), 0), dtype=torch.int64)

@@ -63,10 +63,12 @@ class Trainer:
         self.rows_per_chunk = rows_per_chunk(examples_per_user(self.meta, self.targets, self.schema.max_len, tc.window))
 
     def builder(self, epoch: int, batch_size: int | None = None) -> SequenceBatchBuilder:
-        """The chunk builder of `epoch`; batch_size: the batches the chunks will be cut into (train.length_buckets)."""
+        """The chunk builder of `epoch`; batch_size: the batches the chunks will be cut into (train.length_buckets,
+        train.shared_negatives)."""
+        batch_size = batch_size or self.tc.batch_size
         return SequenceBatchBuilder(self.sampler, self.schema.max_len, self.num_negatives, self.tc.seed, epoch,
-                                    self.targets, self.tc.window,
-                                    (batch_size or self.tc.batch_size) if self.tc.length_buckets else 0)
+                                    self.targets, self.tc.window, batch_size if self.tc.length_buckets else 0,
+                                    batch_size if self.tc.shared_negatives else 0)
 
     def step(self, model, batch: dict, weight: float = 1.0, gather=None) -> tuple[float, int]:
         """One gradient step (`model` may be DDP-wrapped); weight 0 = a step that only keeps DDP in step."""

@@ -4,7 +4,8 @@ Per-prefix and all-position batches go through the same code: a per-prefix batch
 target per row. Which loss (see ray_recall.objectives):
 
     pointwise / pairwise     BCE / BPR against each row's sampled negatives
-    listwise, sampled        softmax against each row's sampled negatives (logQ-corrected), plus, with
+    listwise, sampled        softmax against each row's sampled negatives (or, with train.shared_negatives,
+                             the batch's one draw, a row's own items masked), logQ-corrected, plus, with
                              train.in_batch_negatives, every other target of the batch (of every worker's
                              batch when train.gather_negatives), corrected by the mixture of both sources
     listwise, full           the exact softmax over the whole catalog, in chunks
@@ -69,22 +70,30 @@ def batch_loss(model, batch: dict[str, torch.Tensor], tc: TrainConfig, tables: I
         loss = full_softmax_loss(u, out["items"].float(), tgt, temperature=T)
     else:
         pos_s = (u * p).sum(-1)
-        neg_ids = batch[B.NEG][rows]  # [M, N]
-        neg_s = torch.einsum("etd,end->etn", user, neg)[valid] if neg.shape[1] else u.new_zeros(len(u), 0)
+        shared = B.NEG_SEEN in batch  # one draw [1, N] for the whole batch; a row's own items masked
+        neg_ids = batch[B.NEG][0] if shared else batch[B.NEG][rows]  # [N] shared, else [M, N]
+        if shared:
+            neg_s = u @ neg[0].T  # [M, N]: the scored positions only
+        else:
+            neg_s = torch.einsum("etd,end->etn", user, neg)[valid] if neg.shape[1] else u.new_zeros(len(u), 0)
         if tc.mode == "pointwise":
             loss = pointwise_from_scores(pos_s, neg_s, temperature=T)
         elif tc.mode == "pairwise":
             loss = pairwise_from_scores(pos_s, neg_s, temperature=T)
         else:
-            loss = softmax_from_scores(pos_s, _candidates(u, p, tgt, batch[B.USER][rows], neg_s, neg_ids, tc, tables,
-                                                          gather), temperature=T)
+            seen = batch[B.NEG_SEEN][rows] if shared else None
+            loss = softmax_from_scores(pos_s, _candidates(u, p, tgt, batch[B.USER][rows], neg_s, neg_ids, seen, tc,
+                                                          tables, gather), temperature=T)
     if tc.embedding_l2 > 0:
         loss = loss + tc.embedding_l2 * (u.pow(2).sum() + p.pow(2).sum() + neg.pow(2).sum()) / max(len(u), 1)
     return loss, int(valid.sum())
 
 
-def _candidates(u, p, tgt, users, neg_s, neg_ids, tc: TrainConfig, tables: ItemTables, gather) -> list:
-    """The list-wise candidate sets: (scores [M, C], logq, exclude) for the sampled and the in-batch negatives."""
+def _candidates(u, p, tgt, users, neg_s, neg_ids, seen, tc: TrainConfig, tables: ItemTables, gather) -> list:
+    """The list-wise candidate sets: (scores [M, C], logq, exclude) for the sampled and the in-batch negatives.
+
+    neg_ids: [M, N] (each row's own draw) or [N] (shared by the batch, `seen` [M, N] masking a row's own items).
+    """
     n = neg_s.shape[1]
     in_p, in_ids, in_users = p, tgt, users
     if tc.in_batch_negatives and gather is not None:
@@ -92,7 +101,7 @@ def _candidates(u, p, tgt, users, neg_s, neg_ids, tc: TrainConfig, tables: ItemT
     c = len(in_ids) if tc.in_batch_negatives else 0
     sets = []
     if n:
-        sets.append((neg_s, tables.log_expected(neg_ids, n, c) if tc.logq_correction else None, None))
+        sets.append((neg_s, tables.log_expected(neg_ids, n, c) if tc.logq_correction else None, seen))
     if tc.in_batch_negatives:
         # Never a row's own target, nor another target of the same user (one of its own positives).
         exclude = (tgt[:, None] == in_ids[None, :]) | (users[:, None] == in_users[None, :])
