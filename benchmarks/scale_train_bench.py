@@ -7,7 +7,8 @@ workers of 1 CPU and 1 thread), but measured where a long run spends its time: a
 is `--steps` optimizer steps per worker, enough that Ray Data's per-epoch start and the chunks built
 ahead (a chunk is ~16k examples: 512 SASRec steps, 256 DSSM steps of a worker) are paid over many steps;
 MovieLens-100K trains full epochs. Throughput per core = targets / s over the epochs after the first,
-divided by 2 workers. SASRec is measured with and without `train.length_buckets`.
+divided by 2 workers. DSSM is measured with its shared negatives (shipped) and with 50 drawn per sample
+(before), SASRec with and without `train.length_buckets`. `--models dssm` re-measures DSSM's rows only.
 
 Then where a step's time goes, in one process (no Ray, 1 thread): building the chunk's examples
 (negatives drawn and rejected), forward, backward, optimizer, per step, at both sizes.
@@ -29,7 +30,12 @@ from report import write_report
 
 PY = sys.executable
 TARGET_RATIO = 0.8
-CASES = [("dssm", {}), ("sasrec", {}), ("sasrec", {"train.length_buckets": True})]
+PER_ROW = {"train.shared_negatives": False, "train.num_negatives": 50}  # DSSM's negatives before it shared them
+CASES = [("dssm", {}), ("dssm", PER_ROW), ("sasrec", {}), ("sasrec", {"train.length_buckets": True})]
+
+
+def case_name(model: str, over: dict) -> str:
+    return model + ("_buckets" if "train.length_buckets" in over else "_per_row" if over == PER_ROW else "")
 
 
 def cli(*args: str, log: str) -> None:
@@ -108,6 +114,9 @@ def main() -> None:
     ap.add_argument("--work-dir", default="/tmp/ray_recall_scale_train")
     ap.add_argument("--out", default="benchmarks/scale_train.md")
     ap.add_argument("--profile-steps", type=int, default=200)
+    ap.add_argument("--models", nargs="+", default=None, choices=sorted({m for m, _ in CASES}),
+                    help="re-measure only these models; the other rows are kept from the work dir's results.json "
+                         "(each row says when it was recorded)")
     args = ap.parse_args()
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
@@ -121,16 +130,23 @@ def main() -> None:
             yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
             cli("preprocess", "--config", path, log=os.path.join(work, "preprocess.log"))
     steps = {"dssm": 512, "sasrec": 768}
+    kept = {}
+    if args.models and os.path.exists(os.path.join(work, "results.json")):
+        kept = {case_name(r["model"], r["over"]): r for r in json.load(open(os.path.join(work, "results.json")))}
     results = []
     for model, over in CASES:
-        row = {"model": model, "over": over}
+        if args.models and model not in args.models:
+            if case_name(model, over) in kept:
+                results.append(kept[case_name(model, over)])
+            continue
+        row = {"model": model, "over": over, "recorded": started}
         for label, run in data.items():
             cfg = config(model, paths if label == "10M" else None, run, 2, 1000)
             if label == "10M":
                 cfg["train"].update({"epochs": 2, "max_steps": steps[model]})
             else:
                 cfg["train"].update({"epochs": 6, "max_steps": None})
-            name = f"{model}_{label}" + ("_buckets" if over else "")
+            name = case_name(model, over).replace(model, f"{model}_{label}", 1)
             row[label] = train(cfg, over, work, name)
             row[label + "_profile"] = breakdown(cfg, over, args.profile_steps)
             print(f"[scale-train] {name}: {row[label]['per_core']:,.0f} targets/s per core (Ray, 2 workers); "
@@ -143,17 +159,18 @@ def main() -> None:
 def write(out: str, started: str, steps: dict, results: list) -> None:
     lines = ["# Training throughput at scale, steady state (10M synthetic log vs MovieLens-100K)", "",
              "Command: `RAY_AUTH_MODE=disabled .venv/bin/python benchmarks/scale_train_bench.py`", "",
-             f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; recorded "
-             f"{started}. Shipped configs, 2 Ray Train workers (1 CPU, 1 thread each), `ray-recall train` in a fresh "
+             f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; this run started "
+             f"{started} (rows kept from an earlier run with `--models` say when they were recorded). Shipped configs, 2 Ray Train workers (1 CPU, 1 thread each), `ray-recall train` in a fresh "
              f"process. 10M: 2 epochs of {steps['dssm']} (DSSM) / {steps['sasrec']} (SASRec) steps per worker; "
              "MovieLens-100K: 6 full epochs. Throughput from the epochs after the first.", "",
              "## Ray Train, 2 workers: targets per second per core", "",
-             "| model | setting | ML-100K | 10M | 10M / ML-100K | CPU busy (10M) |", "|---|---|---:|---:|---:|---:|"]
+             "| model | setting | ML-100K | 10M | 10M / ML-100K | CPU busy (10M) | recorded |",
+             "|---|---|---:|---:|---:|---:|---|"]
     for r in results:
         setting = ", ".join(f"{k}={v}" for k, v in r["over"].items()) or "shipped"
         ml, big = r["ml100k"]["per_core"], r["10M"]["per_core"]
         lines.append(f"| {r['model']} | {setting} | {ml:,.0f} | {big:,.0f} | {big / ml:.2f}x | "
-                     f"{r['10M']['cpu_share']:.0%} |")
+                     f"{r['10M']['cpu_share']:.0%} | {r.get('recorded', '2026-12-06 00:33')} |")
     lines += ["", "## One process, one thread: milliseconds per step (per-worker batch)", "",
               "| model | setting | data | targets / step | build | forward | backward | optimizer | targets/s |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|"]
