@@ -43,14 +43,16 @@ PER_PREFIX = {"train.targets": "per_prefix", "train.softmax": "sampled", "train.
 # name -> config keys over the shipped config; "shipped" is the config as it is.
 RECIPES = {
     "shipped": {},
-    "pointwise": {"train.mode": "pointwise"},
-    "pairwise": {"train.mode": "pairwise"},
+    "pointwise": {"train.mode": "pointwise", "train.shared_negatives": False},  # BCE and BPR take per-row negatives
+    "pairwise": {"train.mode": "pairwise", "train.shared_negatives": False},
     "listwise": {"train.mode": "listwise"},
     "per prefix (before)": PER_PREFIX,
     "sampled, no logQ": {"train.softmax": "sampled", "train.logq_correction": False},
     "sampled + in-batch": {"train.softmax": "sampled", "train.in_batch_negatives": True},
     "exact softmax": {"train.softmax": "full", "train.num_negatives": 0, "train.in_batch_negatives": False},
     "inner product, T=1": {"model.params.normalize": False, "train.temperature": 1.0},
+    "shared negatives": {"train.shared_negatives": True, "train.num_negatives": 1024},
+    "per-sample negatives (before)": {"train.shared_negatives": False, "train.num_negatives": 50},
 }
 
 
@@ -61,7 +63,9 @@ def recipes_of(model: str) -> list[str]:
     mode = PipelineConfig.from_yaml(config_path(model)).train.mode
     modes = [m for m in ("pointwise", "pairwise", "listwise") if m != mode]
     extra = ["per prefix (before)", "sampled, no logQ", "sampled + in-batch", "exact softmax",
-             "inner product, T=1"] if model in CAUSAL else []
+             "inner product, T=1", "shared negatives"] if model in CAUSAL else []
+    if model == "dssm":
+        extra = ["per-sample negatives (before)"]
     return ["shipped", *modes, *extra]
 METRICS = ("recall@10", "recall@50", "ndcg@10", "mrr@10")
 
@@ -159,6 +163,7 @@ def describe(cfg) -> str:
     else:
         loss = {"pointwise": "BCE", "pairwise": "BPR", "listwise": "sampled softmax"}[t.mode]
         loss += f", {t.num_negatives} x {t.sampler}" if t.num_negatives else ""
+        loss += " shared" if t.shared_negatives else ""
         loss += " + in-batch" if t.in_batch_negatives and t.mode == "listwise" else ""
         loss += " + logQ" if t.mode == "listwise" and t.logq_correction else ""
     return f"{targets}; {loss}; T={t.temperature:g}"

@@ -80,3 +80,17 @@ def test_model_beats_most_popular(prepared, name, mode):
         f"{split} recall@{K} {m:.3f} (popularity {p:.3f})" for split, (m, p) in results.items()))
     for split, (m, p) in results.items():
         assert m > MARGIN * p, f"{name}/{mode}: {split} recall@{K} {m:.3f} vs most-popular {p:.3f}"
+
+
+@pytest.mark.parametrize("name", ["dssm", "sasrec"])
+def test_shared_negatives_train_a_model_that_beats_most_popular(prepared, name):
+    """One draw of negatives per step (train.shared_negatives), a user's own items masked: the whole path
+    (chunk pools, batches cut from them, the masked loss) trains as well as per-row negatives do."""
+    cfg, run = prepared[:2]
+    extra = CAUSAL_TRAIN if get_model_class(name).causal else {}
+    cfg = cfg.replace(**{"model.name": name, "model.params": {}, "train.mode": "listwise", **TRAIN, **extra,
+                         "train.shared_negatives": True, "train.num_negatives": 64})
+    model = fit_in_process(cfg, run)
+    m, p = recall_at_k(model, prepared, "val")
+    print(f"\n[quality] {name:<11} shared    val recall@{K} {m:.3f} (popularity {p:.3f})")
+    assert m > MARGIN * p, f"{name}/shared negatives: val recall@{K} {m:.3f} vs most-popular {p:.3f}"

@@ -81,7 +81,8 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
     train_ds = _train_dataset(run, tc, meta["num_interactions"])
     targets = resolve_targets(tc, cfg.model.name).replace("_", " ")
     negatives = ("exact softmax over every item" if tc.mode == "listwise" and tc.softmax == "full" else
-                 f"{tc.num_negatives} x {tc.sampler} negatives" + (", in-batch" if tc.in_batch_negatives else ""))
+                 f"{tc.num_negatives} x {tc.sampler} negatives" + (" shared per step" if tc.shared_negatives else "")
+                 + (", in-batch" if tc.in_batch_negatives else ""))
     log(f"[train] {cfg.model.name} ({targets}, {tc.mode}, {negatives}) on {tc.num_workers} worker(s), "
         f"at most {tc.epochs} epochs"
         + (f", resuming from {start_from.path}" if start_from else ""))
