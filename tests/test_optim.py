@@ -62,20 +62,39 @@ def test_row_adam_takes_sparse_adams_steps_and_continues_from_its_state():
     torch.testing.assert_close(resumed.weight, theirs.weight, rtol=1e-6, atol=1e-7)
 
 
+def _small(seed: int = 0) -> torch.nn.Embedding:
+    """A second table of another width: both tables' rows travel in one exchange."""
+    torch.manual_seed(seed + 100)
+    return torch.nn.Embedding(30, 3, sparse=True)
+
+
+def _small_loss(table: torch.nn.Embedding, step: int, rank: int) -> torch.Tensor:
+    ids = torch.randint(0, 30, (7,), generator=torch.Generator().manual_seed(77 * step + rank))
+    return table(ids).sin().sum() / 7
+
+
+def _touches(step: int, rank: int) -> tuple[bool, bool]:
+    """(big table, small table) touched by `rank` on `step`: on step 2 worker 1 touches no row of the big
+    table, on step 3 worker 0 none of the small one."""
+    return not (step == 2 and rank == 1), not (step == 3 and rank == 0)
+
+
 def _averaging_worker(rank: int, world: int, store: str, out_dir: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", store=dist.FileStore(store, world), rank=rank, world_size=world)
     try:
-        table = _table(seed=rank)  # a different start on each worker: the first broadcast must fix it
-        opt = RowAdam(table.parameters(), lr=0.05, average_over_workers=True)
+        table, small = _table(seed=rank), _small(seed=rank)  # a different start on each worker: the broadcast fixes it
+        opt = RowAdam([table.weight, small.weight], lr=0.05, average_over_workers=True)
         with torch.no_grad():
             dist.broadcast(table.weight, src=0)
-        for step in range(4):
+            dist.broadcast(small.weight, src=0)
+        for step in range(5):
             opt.zero_grad()
-            if not (step == 2 and rank == 1):  # on step 2, worker 1 touches no row at all
-                _loss(table, _lookups(step, rank)).backward()
+            big_on, small_on = _touches(step, rank)
+            loss = (_loss(table, _lookups(step, rank)) if big_on else 0) + (_small_loss(small, step, rank) if small_on else 0)
+            loss.backward()
             opt.step()
-        torch.save(table.weight.detach(), os.path.join(out_dir, f"rank{rank}.pt"))
+        torch.save((table.weight.detach(), small.weight.detach()), os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -83,15 +102,19 @@ def _averaging_worker(rank: int, world: int, store: str, out_dir: str) -> None:
 def test_rows_averaged_over_workers_equal_one_worker_on_the_global_batch(tmp_path):
     mp.spawn(_averaging_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    assert torch.equal(got[0], got[1])  # every worker holds the same table
-    table = _table(seed=0)
-    opt = RowAdam(table.parameters(), lr=0.05)
-    for step in range(4):  # DDP's convention: the mean of the workers' losses
+    assert all(torch.equal(a, b) for a, b in zip(*got))  # every worker holds the same tables
+    table, small = _table(seed=0), _small(seed=0)
+    opt = RowAdam([table.weight, small.weight], lr=0.05)
+    for step in range(5):  # DDP's convention: the mean of the workers' losses
         opt.zero_grad()
-        losses = [_loss(table, _lookups(step, r)) for r in range(2) if not (step == 2 and r == 1)]
+        losses = []
+        for r in range(2):
+            big_on, small_on = _touches(step, r)
+            losses += ([_loss(table, _lookups(step, r))] if big_on else []) + ([_small_loss(small, step, r)] if small_on else [])
         (sum(losses) / 2).backward()
         opt.step()
-    torch.testing.assert_close(got[0], table.weight.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got[0][0], table.weight.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got[0][1], small.weight.detach(), rtol=1e-6, atol=1e-7)
 
 
 def test_all_position_batches_are_cut_to_their_longest_window_without_changing_the_loss():

@@ -12,6 +12,8 @@ config error where it cannot apply), or "auto" (the hook where it applies, DDP's
 elsewhere). The training log names the choice and why.
 """
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -82,24 +84,45 @@ def setup_grad_sync(ddp_model: torch.nn.Module, grad_sync: str) -> str:
 def all_gather_rows(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], list[int]]:
     """Tensors with the same number of rows n_r on each rank -> ([sum n_r, ...] each, in rank order), [n_r per rank].
 
-    One exchange of the row counts, then one all-gather per tensor, padded to the most rows any rank has
-    (all-gather needs equal shapes). Not differentiable (see `gather_rows`).
+    Not differentiable (see `gather_rows`). One set of `all_gather_row_sets`.
+    """
+    (out,), sizes = all_gather_row_sets([tensors])
+    return out, [s[0] for s in sizes]
+
+
+def all_gather_row_sets(sets: list[tuple[torch.Tensor, ...]]) -> tuple[list[list[torch.Tensor]], list[list[int]]]:
+    """Sets of tensors (the tensors of a set have the same number of rows on a rank; sets may differ) ->
+    (for each set, its tensors with every rank's rows concatenated in rank order), sizes[rank][set].
+
+    Two collectives whatever the number of sets and tensors: one exchange of the row counts, then one
+    all-gather of every tensor's bytes packed into one buffer (padded to the most bytes any rank has).
+    Each collective costs about a millisecond of latency on gloo, which is what a step of a few
+    milliseconds with two sparse tables (ids and rows each) noticed. Not differentiable.
     """
     world = dist.get_world_size()
-    n = tensors[0].shape[0]
-    count = torch.tensor([n], device=tensors[0].device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    most = max(sizes)
-    out = []
-    for t in tensors:
-        padded = t.new_zeros((most, *t.shape[1:]))
-        padded[:n] = t
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        out.append(torch.cat([part[:size] for part, size in zip(parts, sizes)]))
-    return out, sizes
+    device = sets[0][0].device
+    counts = torch.tensor([ts[0].shape[0] for ts in sets], device=device)
+    gathered = [torch.zeros_like(counts) for _ in range(world)]
+    dist.all_gather(gathered, counts)
+    sizes = torch.stack(gathered).tolist()  # [world][sets]
+    row_bytes = [[math.prod(t.shape[1:]) * t.element_size() for t in ts] for ts in sets]
+    totals = [sum(n * b for n, bs in zip(sizes[r], row_bytes) for b in bs) for r in range(world)]
+    local = [t.contiguous().reshape(-1).view(torch.uint8) for ts in sets for t in ts]
+    padded = torch.zeros(max(totals), dtype=torch.uint8, device=device)
+    if local:
+        flat = torch.cat(local)
+        padded[:len(flat)] = flat
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = [[[] for _ in ts] for ts in sets]
+    for r, buf in enumerate(parts):
+        at = 0
+        for i, ts in enumerate(sets):
+            for k, t in enumerate(ts):
+                n = sizes[r][i] * row_bytes[i][k]
+                out[i][k].append(buf[at:at + n].clone().view(t.dtype).reshape(sizes[r][i], *t.shape[1:]))
+                at += n
+    return [[torch.cat(chunks) for chunks in per_set] for per_set in out], sizes
 
 
 def synced_gradient_bytes(ddp_model: torch.nn.Module) -> int:

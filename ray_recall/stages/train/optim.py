@@ -16,7 +16,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from ray_recall.stages.train.comm import all_gather_rows
+from ray_recall.stages.train.comm import all_gather_row_sets
 
 
 def rows_of(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,17 +34,23 @@ def sum_rows(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, tor
     return unique, summed
 
 
-def mean_rows_over_workers(ids: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each worker's (unique ids, rows) -> every worker's mean gradient rows (a row no worker has is 0).
+def mean_rows_over_workers(tables: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each worker's (unique ids, rows) of every table -> every worker's mean gradient rows of each (a row no
+    worker has is 0).
 
     What DDP's all-reduce does for a dense gradient, for a sparse one: each worker sends the rows it
-    touched (`all_gather_rows`), and every worker sums them per id and divides by the number of workers.
-    Workers' rows are summed per id before they are sent, so the exchange is (unique rows touched) x
-    workers, not (lookups) x workers as DDP's sparse all-reduce.
+    touched, and every worker sums them per id and divides by the number of workers. Workers' rows are
+    summed per id before they are sent, so the exchange is (unique rows touched) x workers, not
+    (lookups) x workers as DDP's sparse all-reduce; and every table goes in one exchange
+    (`all_gather_row_sets`: two collectives per step, not three per table).
     """
-    (all_ids, all_values), _ = all_gather_rows(ids, values)
-    ids, values = sum_rows(all_ids, all_values)
-    return ids, values.div_(dist.get_world_size())
+    gathered, _ = all_gather_row_sets(tables)
+    world = dist.get_world_size()
+    out = []
+    for all_ids, all_values in gathered:
+        ids, values = sum_rows(all_ids, all_values)
+        out.append((ids, values.div_(world)))
+    return out
 
 
 class RowAdam(torch.optim.Optimizer):
@@ -72,38 +78,42 @@ class RowAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         synced = self.average_over_workers and dist.is_initialized() and dist.get_world_size() > 1
+        todo = []  # (group, parameter, unique row ids, summed gradient rows)
         for group in self.param_groups:
-            lr, eps = group["lr"], group["eps"]
-            beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None and not synced:
                     continue
                 if p.grad is not None and not p.grad.is_sparse:
                     raise RuntimeError("RowAdam takes sparse row gradients (nn.Embedding(sparse=True)); "
                                        "use torch.optim.Adam for dense ones")
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.tensor(0.0)
-                    state["moments"] = torch.zeros((p.shape[0], 2, *p.shape[1:]), dtype=p.dtype, device=p.device)
-                state["step"] += 1
-                step = float(state["step"])
                 if p.grad is None:  # this worker touched no row, the others may have
                     ids, g = torch.zeros(0, dtype=torch.long, device=p.device), p.new_zeros((0, *p.shape[1:]))
                 else:
                     ids, g = rows_of(p.grad)
-                if synced:
-                    ids, g = mean_rows_over_workers(ids, g)
-                if not len(ids):
-                    continue
-                moments = state["moments"].index_select(0, ids)  # [U, 2, D]
-                m, v = moments[:, 0], moments[:, 1]
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                state["moments"].index_copy_(0, ids, moments)
-                step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
-                rows = p.index_select(0, ids)
-                rows.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
-                p.index_copy_(0, ids, rows)
+                todo.append((group, p, ids, g))
+        if synced and todo:
+            averaged = mean_rows_over_workers([(ids, g) for _, _, ids, g in todo])
+            todo = [(group, p, ids, g) for (group, p, _, _), (ids, g) in zip(todo, averaged)]
+        for group, p, ids, g in todo:
+            lr, eps = group["lr"], group["eps"]
+            beta1, beta2 = group["betas"]
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["moments"] = torch.zeros((p.shape[0], 2, *p.shape[1:]), dtype=p.dtype, device=p.device)
+            state["step"] += 1
+            step = float(state["step"])
+            if not len(ids):
+                continue
+            moments = state["moments"].index_select(0, ids)  # [U, 2, D]
+            m, v = moments[:, 0], moments[:, 1]
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            state["moments"].index_copy_(0, ids, moments)
+            step_size = lr * math.sqrt(1 - beta2 ** step) / (1 - beta1 ** step)
+            rows = p.index_select(0, ids)
+            rows.addcdiv_(m, v.sqrt().add_(eps), value=-step_size)
+            p.index_copy_(0, ids, rows)
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
