@@ -141,9 +141,13 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
         if local.times is not None:
             out[B.HIST_TIME] = torch.from_numpy(local.slices(row, start, hist_len, L, local.times))
         if self.num_negatives and self.shared_batches:
-            pool = self.sampler.draw((-(-len(row) // self.shared_batches), self.num_negatives), rng)
-            seen = self.sampler.is_positive(users[row], pool[np.arange(len(row)) // self.shared_batches], own)
-            out[B.NEG_POOL], out[B.NEG_SEEN] = torch.from_numpy(pool), torch.from_numpy(seen)
+            size = self.shared_batches
+            pool = self.sampler.draw((-(-len(row) // size), self.num_negatives), rng)
+            # Batch by batch: a chunk-wide [E, N] copy of the pools (and its keys) would be ~100 MB at 16k x 256.
+            seen = [self.sampler.is_positive(u, np.broadcast_to(p, (len(u), len(p))), own)
+                    for u, p in zip(np.split(users[row], np.arange(size, len(row), size)), pool)]
+            out[B.NEG_POOL] = torch.from_numpy(pool)
+            out[B.NEG_SEEN] = torch.from_numpy(np.concatenate(seen) if seen else np.zeros((0, self.num_negatives), bool))
         elif self.num_negatives:
             out[B.NEG] = torch.from_numpy(self.sampler.sample(users[row], self.num_negatives, rng, own))
         else:

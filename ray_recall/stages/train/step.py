@@ -71,10 +71,10 @@ def batch_loss(model, batch: dict[str, torch.Tensor], tc: TrainConfig, tables: I
     else:
         pos_s = (u * p).sum(-1)
         shared = B.NEG_SEEN in batch  # one draw [1, N] for the whole batch; a row's own items masked
-        neg_ids = batch[B.NEG][0] if shared else batch[B.NEG][rows]  # [N] shared, else [M, N]
         if shared:
-            neg_s = u @ neg[0].T  # [M, N]: the scored positions only
+            neg_ids, neg_s = batch[B.NEG][0], u @ neg[0].T  # [N], [M, N]: the scored positions only
         else:
+            neg_ids = batch[B.NEG][rows]  # [M, N]
             neg_s = torch.einsum("etd,end->etn", user, neg)[valid] if neg.shape[1] else u.new_zeros(len(u), 0)
         if tc.mode == "pointwise":
             loss = pointwise_from_scores(pos_s, neg_s, temperature=T)
