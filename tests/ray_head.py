@@ -265,7 +265,7 @@ def stop_head(head: Head) -> None:
         pgid = os.getpgid(head.proc.pid)
     except ProcessLookupError:
         pgid = None
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 30)):
+    for sig, grace in ((signal.SIGTERM, 1), (signal.SIGKILL, 30)):
         if pgid is not None:
             try:
                 os.killpg(pgid, sig)
