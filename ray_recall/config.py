@@ -113,8 +113,9 @@ class DataConfig(_Section):
     """movielens | table | synthetic"""
     path: Optional[StrictStr] = None
     """movielens: None = the bundled ml-100k, else a GroupLens directory; table: a file, directory or URI"""
-    format: Literal["auto", "parquet", "csv"] = "auto"
-    """table source: auto | parquet | csv"""
+    format: Literal["auto", "parquet", "csv", "tsv", "atomic"] = "auto"
+    """table source: parquet | csv | tsv (tab-separated, a header line) | atomic (a RecBole atomic file: .inter, .user,
+    .item); auto = by the file's suffix (.csv, .tsv/.tab, .inter/.user/.item), else parquet"""
     user_col: StrictStr = "user_id"
     """column holding user ids (table source)"""
     item_col: StrictStr = "item_id"

@@ -213,14 +213,66 @@ def _table_format(path: str, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     lower = path.split("?", 1)[0].rstrip("/").lower()  # a URI may carry options after '?'
-    return "csv" if lower.endswith((".csv", ".csv.gz", ".tsv")) else "parquet"
+    for suffixes, name in (((".csv", ".csv.gz"), "csv"), ((".tsv", ".tsv.gz", ".tab"), "tsv"), (ATOMIC_SUFFIXES, "atomic")):
+        if lower.endswith(suffixes):
+            return name
+    return "parquet"
+
+
+# RecBole's atomic files (https://recbole.io/docs/user_guide/data/atomic_files.html): tab-separated, no quoting,
+# a header of 'name:type'. Ids ('token') stay strings, as RecBole keeps them; 'float' columns are numbers.
+ATOMIC_SUFFIXES = (".inter", ".user", ".item")
+_ATOMIC_TYPES = {"token": pa.string(), "token_seq": pa.string(), "float": pa.float64(), "float_seq": pa.string()}
+
+
+def _csv_options(path: str, fmt: str) -> dict:
+    """The options of a text format ('csv' | 'tsv' | 'atomic'), as keyword arguments of both ray.data.read_csv
+    and pyarrow's CsvFileFormat (so the two readers agree)."""
+    if fmt == "csv":
+        return {}
+    if fmt == "tsv":
+        return {"parse_options": pacsv.ParseOptions(delimiter="\t")}
+    header = _first_line_of(path)
+    names, types = [], {}
+    for field in header.split("\t"):
+        name, _, kind = field.strip().partition(":")
+        if not name or kind not in _ATOMIC_TYPES:
+            raise DataError(f"{path}: not a RecBole atomic file: header field {field!r} is not 'name:type' with type one "
+                            f"of {sorted(_ATOMIC_TYPES)} (data.format; 'tsv' reads a plain tab-separated header)")
+        names.append(name)
+        types[name] = _ATOMIC_TYPES[kind]
+    return {"parse_options": pacsv.ParseOptions(delimiter="\t", quote_char=False),
+            "read_options": pacsv.ReadOptions(column_names=names, skip_rows=1),
+            "convert_options": pacsv.ConvertOptions(column_types=types)}
+
+
+def _first_line_of(path: str) -> str:
+    """The first line of a text file (the first of a directory's files, in the order the readers take them)."""
+    try:
+        fs, root = pafs.FileSystem.from_uri(path) if "://" in path else (pafs.LocalFileSystem(), os.path.abspath(path))
+        if fs.get_file_info(root).type == pafs.FileType.Directory:
+            files = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                           if f.type == pafs.FileType.File and not os.path.basename(f.path).startswith((".", "_")))
+            if not files:
+                raise DataError(f"{path}: no files in the directory")
+            root = files[0]
+        with fs.open_input_stream(root, compression="detect") as f:
+            head = f.read(1 << 16)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file or directory") from None
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path}: cannot read: {_first_line(e)}") from None
+    line = head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8", errors="replace")
+    if not line.strip():
+        raise DataError(f"{path}: no header line (the input is empty)")
+    return line
 
 
 def read_table_dataset(path: str, fmt: str) -> ray.data.Dataset:
     fmt = _table_format(path, fmt)
     try:
-        if fmt == "csv":
-            return ray.data.read_csv(path)
+        if fmt != "parquet":
+            return ray.data.read_csv(path, **_csv_options(path, fmt))
         return ray.data.read_parquet(path)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file or directory") from None
@@ -261,8 +313,8 @@ def _table(cfg: DataConfig) -> RawData:
     log_columns = {cfg.user_col: USER, cfg.item_col: ITEM, cfg.time_col: TIME}
     inter = _normalized(ds, log_columns)
     fmt = _table_format(cfg.path, cfg.format)
-    local = _local_log(cfg.path, pads.CsvFileFormat() if fmt == "csv" else pads.ParquetFileFormat(), log_columns,
-                       () if fmt == "csv" else (".parquet",))
+    local = _local_log(cfg.path, pads.ParquetFileFormat(), log_columns, (".parquet",)) if fmt == "parquet" else \
+        _local_log(cfg.path, pads.CsvFileFormat(**_csv_options(cfg.path, fmt)), log_columns)
     # A log the data stage will read in this process gives its inline attributes from the same read, not
     # from two Ray Data jobs (seconds each, for a few rows).
     small = local is not None and cfg.in_process_max_rows > 0 and local.has_at_most(cfg.in_process_max_rows)
