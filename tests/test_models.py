@@ -304,6 +304,28 @@ def test_sasrec_is_causal_over_real_positions():
         assert not torch.allclose(model.encode_user(batch), model.encode_user(changed))
 
 
+@pytest.mark.parametrize("name, params, timed", [("sasrec", {"num_heads": 2}, False), ("hstu", {"num_heads": 2}, True),
+                                                  ("hstu", {"num_blocks": 1}, False)])
+def test_user_vector_is_the_state_at_the_last_position(name, params, timed):
+    """encode_user computes the last block at each row's last real position only: the same vector as the full
+    pass's state there (gather_last of encode_sequence), for every history length (an empty one gives 0) and a
+    batch narrower than max_len; timestamps (HSTU's time bias) included."""
+    from ray_recall.models.layers import gather_last
+
+    model = make_model(name, **params).eval()
+    for width in (MAX_LEN, 6):
+        batch = user_batch(seed=14, hist_lens=[min(n, width) for n in HIST_LENS])
+        batch[B.HIST] = batch[B.HIST][:, :width]
+        if timed:
+            batch[B.HIST_TIME] = torch.cumsum(torch.rand(batch[B.HIST].shape, dtype=torch.float64) * 1e5, dim=1) \
+                * length_mask(batch[B.HIST_LEN], width)
+        with torch.no_grad():
+            user, full = model.encode_user(batch), gather_last(model.encode_sequence(batch), batch[B.HIST_LEN])
+        assert user.shape == (len(HIST_LENS), D)
+        torch.testing.assert_close(user, full, atol=1e-6, rtol=1e-5)
+        assert torch.all(user[batch[B.HIST_LEN] == 0] == 0) and torch.all(user[batch[B.HIST_LEN] > 0].norm(dim=-1) > 0)
+
+
 def test_youtubednn_optional_parts_change_the_input_width():
     plain = make_model("youtubednn", user_features=[], use_user_id=False)
     full = make_model("youtubednn", user_features=["taste"], use_user_id=True, item_features=["category", "tags"])

@@ -22,7 +22,7 @@ from torch import nn
 
 from ray_recall import batch as B
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import item_table, length_mask
+from ray_recall.models.layers import item_table, length_mask, take_at
 from ray_recall.models.registry import register_model
 from ray_recall.schema import DataSchema
 
@@ -42,15 +42,24 @@ class _HSTUBlock(nn.Module):
         self.out = nn.Linear(heads * linear_dim, dim)
         self.dropout = nn.Dropout(dropout_rate)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor,
+                last: torch.Tensor | None = None) -> torch.Tensor:
+        """last [B] (optional): compute only the state at this position of each row -> [B, 1, D] (it still
+        aggregates every position up to it): a user's vector needs nothing else from the last block."""
         b, L, _ = x.shape
         h, da, dl = self.heads, self.attention_dim, self.linear_dim
         u, v, q, k = F.silu(self.uvqk(self.ln_in(x))).split([h * dl, h * dl, h * da, h * da], dim=-1)
-        q, k = (t.reshape(b, L, h, da).transpose(1, 2) for t in (q, k))  # [B, h, L, da]
+        if last is not None:
+            x, u, q = take_at(x, last, 1), take_at(u, last, 1), take_at(q, last, 1)  # [B, 1, .]
+            allowed = take_at(allowed, last, 2)  # [B, 1, 1, L]
+            bias = take_at(bias.expand(b, -1, -1, -1), last, 2)  # [B, h, 1, L]
+        Lq = q.shape[1]
+        q = q.reshape(b, Lq, h, da).transpose(1, 2)  # [B, h, Lq, da]
+        k = k.reshape(b, L, h, da).transpose(1, 2)  # [B, h, L, da]
         v = v.reshape(b, L, h, dl).transpose(1, 2)  # [B, h, L, dl]
-        attn = F.silu(q @ k.transpose(-1, -2) + bias) / self.max_len  # [B, h, L, L]
+        attn = F.silu(q @ k.transpose(-1, -2) + bias) / self.max_len  # [B, h, Lq, L]
         attn = attn * allowed
-        av = (attn @ v).transpose(1, 2).reshape(b, L, h * dl)
+        av = (attn @ v).transpose(1, 2).reshape(b, Lq, h * dl)
         return x + self.out(self.dropout(u * self.ln_attn(av)))
 
 
@@ -116,6 +125,17 @@ class HSTU(RecallModel):
         return bias
 
     def encode_sequence(self, batch):
+        return self._states(batch)
+
+    def encode_user(self, batch):
+        """The state at HIST_LEN - 1 (0 for an empty history), the last block computed at that position only."""
+        hist_len = batch[B.HIST_LEN]
+        last = hist_len.clamp(min=1, max=batch[B.HIST].shape[1]) - 1
+        user = self._states(batch, last)[:, 0]
+        return user * (hist_len > 0).unsqueeze(-1).to(user.dtype)
+
+    def _states(self, batch, last: torch.Tensor | None = None):
+        """[B, L, D] the state at every position; with `last` [B], [B, 1, D] the state at that position."""
         hist, hist_len = batch[B.HIST], batch[B.HIST_LEN]
         L = hist.shape[1]
         if L > self.max_len:
@@ -126,9 +146,9 @@ class HSTU(RecallModel):
         causal = torch.ones(L, L, dtype=torch.bool, device=hist.device).tril()
         allowed = (causal[None] & mask[:, None, :]).unsqueeze(1).to(x.dtype)  # [B, 1, L, L]
         bias = self._bias(batch, L).to(x.dtype)
-        for block in self.blocks:
-            x = block(x, allowed, bias)
-        return self.output(self.ln_out(x))  # [B, L, D]
+        for i, block in enumerate(self.blocks):
+            x = block(x, allowed, bias, last if i == len(self.blocks) - 1 else None)
+        return self.output(self.ln_out(x))  # [B, L, D] or [B, 1, D]
 
     def encode_item(self, batch):
         return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]

@@ -37,6 +37,16 @@ def gather_last(states: torch.Tensor, hist_len: torch.Tensor) -> torch.Tensor:
     return states.gather(1, last).squeeze(1) * (hist_len > 0).unsqueeze(-1).to(states.dtype)
 
 
+def take_at(t: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    """t [B, ...], index [B] -> each row's slice at index[b] along `dim`, that dim kept with size 1.
+
+    A gather rather than advanced indexing, which ONNX export carries out with a warning about negative indices.
+    """
+    shape = list(t.shape)
+    shape[dim] = 1
+    return t.gather(dim, index.view(-1, *[1] * (t.dim() - 1)).expand(shape))
+
+
 def label_aware_attention(interests: torch.Tensor, target: torch.Tensor, power: float = 1.0,
                           active: torch.Tensor | None = None) -> torch.Tensor:
     """MIND's label-aware attention. interests [B, K, D], target [B, D] -> [B, D].

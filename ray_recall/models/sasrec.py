@@ -9,7 +9,7 @@ from torch import nn
 from ray_recall import batch as B
 from ray_recall.schema import DataSchema
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import item_table, length_mask
+from ray_recall.models.layers import item_table, length_mask, take_at
 from ray_recall.models.registry import register_model
 
 
@@ -27,13 +27,19 @@ class _CausalBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout_rate), nn.Linear(dim, dim))
         self.dropout = nn.Dropout(dropout_rate)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """last [B] (optional): compute only the state at this position of each row -> [B, 1, D] (its keys are
+        still every position): a user's vector needs nothing else from the last block."""
         b, L, d = x.shape
         q, k, v = self.qkv(self.ln_attn(x)).split(d, dim=-1)
-        q, k, v = (t.reshape(b, L, self.num_heads, d // self.num_heads).transpose(1, 2) for t in (q, k, v))  # [B, h, L, d/h]
+        if last is not None:
+            x, q, allowed = take_at(x, last, 1), take_at(q, last, 1), take_at(allowed, last, 2)  # [B, 1, .]; [B, 1, 1, L]
+        Lq, h = q.shape[1], self.num_heads
+        q = q.reshape(b, Lq, h, d // h).transpose(1, 2)  # [B, h, Lq, d/h]
+        k, v = (t.reshape(b, L, h, d // h).transpose(1, 2) for t in (k, v))  # [B, h, L, d/h]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
                                            dropout_p=self.dropout_rate if self.training else 0.0)
-        x = x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, L, d)))
+        x = x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, Lq, d)))
         return x + self.dropout(self.ffn(self.ln_ffn(x)))
 
 
@@ -72,6 +78,17 @@ class SASRec(RecallModel):
         self.ln_out = nn.LayerNorm(embedding_dim)
 
     def encode_sequence(self, batch):
+        return self._states(batch)
+
+    def encode_user(self, batch):
+        """The state at HIST_LEN - 1 (0 for an empty history), the last block computed at that position only."""
+        hist_len = batch[B.HIST_LEN]
+        last = hist_len.clamp(min=1, max=batch[B.HIST].shape[1]) - 1
+        user = self._states(batch, last)[:, 0]
+        return user * (hist_len > 0).unsqueeze(-1).to(user.dtype)
+
+    def _states(self, batch, last: torch.Tensor | None = None):
+        """[B, L, D] the state at every position; with `last` [B], [B, 1, D] the state at that position."""
         hist, hist_len = batch[B.HIST], batch[B.HIST_LEN]
         L = hist.shape[1]
         if L > self.max_len:
@@ -85,9 +102,9 @@ class SASRec(RecallModel):
         # for real queries it is a real item, for an empty history the result is never used.
         keys = mask | (torch.arange(L, device=hist.device) == 0)
         allowed = (causal[None] & keys[:, None, :]).unsqueeze(1)  # [B, 1, L, L]
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.output(self.ln_out(x))  # [B, L, D]
+        for i, block in enumerate(self.blocks):
+            x = block(x, allowed, last if i == len(self.blocks) - 1 else None)
+        return self.output(self.ln_out(x))  # [B, L, D] or [B, 1, D]
 
     def encode_item(self, batch):
         return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]
