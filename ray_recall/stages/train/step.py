@@ -44,8 +44,11 @@ class ItemTables:
         return ItemTables(self.sampler_prob.to(device), self.data_prob.to(device))
 
     def log_expected(self, ids: torch.Tensor, sampled: int, in_batch: int) -> torch.Tensor:
-        """log(sampled q_s(j) + in_batch q_d(j)) for item ids of any shape."""
-        expected = sampled * self.sampler_prob[ids] + in_batch * self.data_prob[ids]
+        """log(sampled q_s(j) + in_batch q_d(j)) for item ids of any shape (a source that contributes nothing is not
+        looked up)."""
+        expected = sampled * self.sampler_prob[ids] if sampled else torch.zeros(ids.shape, device=ids.device)
+        if in_batch:
+            expected = expected + in_batch * self.data_prob[ids]
         return torch.log(expected.clamp(min=1e-30))
 
 
@@ -74,7 +77,7 @@ def batch_loss(model, batch: dict[str, torch.Tensor], tc: TrainConfig, tables: I
         if shared:
             neg_ids, neg_s = batch[B.NEG][0], u @ neg[0].T  # [N], [M, N]: the scored positions only
         else:
-            neg_ids = batch[B.NEG][rows]  # [M, N]
+            neg_ids = batch[B.NEG]  # [E, N]: a row's draw, shared by its positions (its logQ is looked up per row)
             neg_s = torch.einsum("etd,end->etn", user, neg)[valid] if neg.shape[1] else u.new_zeros(len(u), 0)
         if tc.mode == "pointwise":
             loss = pointwise_from_scores(pos_s, neg_s, temperature=T)
@@ -82,17 +85,19 @@ def batch_loss(model, batch: dict[str, torch.Tensor], tc: TrainConfig, tables: I
             loss = pairwise_from_scores(pos_s, neg_s, temperature=T)
         else:
             seen = batch[B.NEG_SEEN][rows] if shared else None
-            loss = softmax_from_scores(pos_s, _candidates(u, p, tgt, batch[B.USER][rows], neg_s, neg_ids, seen, tc,
-                                                          tables, gather), temperature=T)
+            loss = softmax_from_scores(pos_s, _candidates(u, p, tgt, batch[B.USER][rows], rows, neg_s, neg_ids, seen,
+                                                          tc, tables, gather), temperature=T)
     if tc.embedding_l2 > 0:
         loss = loss + tc.embedding_l2 * (u.pow(2).sum() + p.pow(2).sum() + neg.pow(2).sum()) / max(len(u), 1)
     return loss, int(valid.sum())
 
 
-def _candidates(u, p, tgt, users, neg_s, neg_ids, seen, tc: TrainConfig, tables: ItemTables, gather) -> list:
+def _candidates(u, p, tgt, users, rows, neg_s, neg_ids, seen, tc: TrainConfig, tables: ItemTables, gather) -> list:
     """The list-wise candidate sets: (scores [M, C], logq, exclude) for the sampled and the in-batch negatives.
 
-    neg_ids: [M, N] (each row's own draw) or [N] (shared by the batch, `seen` [M, N] masking a row's own items).
+    neg_ids: [E, N] (each example's own draw; `rows` [M] the example of each scored position) or [N] (shared by
+    the batch, `seen` [M, N] masking a row's own items). The correction is computed per draw, then spread to
+    the positions: a window's 50 positions share one.
     """
     n = neg_s.shape[1]
     in_p, in_ids, in_users = p, tgt, users
@@ -101,7 +106,11 @@ def _candidates(u, p, tgt, users, neg_s, neg_ids, seen, tc: TrainConfig, tables:
     c = len(in_ids) if tc.in_batch_negatives else 0
     sets = []
     if n:
-        sets.append((neg_s, tables.log_expected(neg_ids, n, c) if tc.logq_correction else None, seen))
+        logq = None
+        if tc.logq_correction:
+            logq = tables.log_expected(neg_ids, n, c)
+            logq = logq[rows] if neg_ids.dim() == 2 else logq  # [M, N], or [N] for the shared draw
+        sets.append((neg_s, logq, seen))
     if tc.in_batch_negatives:
         # Never a row's own target, nor another target of the same user (one of its own positives).
         exclude = (tgt[:, None] == in_ids[None, :]) | (users[:, None] == in_users[None, :])
