@@ -22,18 +22,22 @@ def data_copy(trained_run, tmp_path):
     return base.replace(run_dir=str(tmp_path / "run"))
 
 
-def test_resume_continues_after_last_epoch(data_copy):
-    short = data_copy.replace(**{"train.epochs": 2})
-    first = run_stage(short, "train", log=lambda *_: None)
+def test_resume_continues_after_last_epoch(trained_run, data_copy):
+    """The session's trained run (its checkpoints copied beside its data) resumed with one more epoch."""
+    base, out = trained_run
+    first = out["train"]
+    shutil.copytree(RunDir(base.run_dir).path("checkpoints"), RunDir(data_copy.run_dir).path("checkpoints"))
+    n = len(first["history"])
     lines = []
-    longer = short.replace(**{"train.epochs": 3})
-    assert checkpoint_name(longer) == checkpoint_name(short)  # more epochs: same checkpoints
+    longer = data_copy.replace(**{"train.epochs": n + 1})
+    assert checkpoint_name(longer) == checkpoint_name(data_copy)  # more epochs: same checkpoints
     resumed = run_stage(longer, "train", resume=True, log=lines.append)
     assert any("resuming from" in line for line in lines)
-    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
-    # The first two epochs were not retrained: their records are the original ones.
-    assert resumed["history"][:2] == first["history"]
+    assert [h["epoch"] for h in resumed["history"]] == list(range(n + 1))
+    # The first epochs were not retrained: their records are the original ones.
+    assert resumed["history"][:n] == first["history"]
     # Without --resume the same config starts again from scratch.
+    short = data_copy.replace(**{"train.epochs": 2})
     fresh = run_stage(short, "train", force=True, log=lambda *_: None)
     assert [h["epoch"] for h in fresh["history"]] == [0, 1]
 
