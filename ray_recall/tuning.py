@@ -375,17 +375,23 @@ def _csv(trials: list[dict], keys: list[str], metric: str) -> str:
 
 
 def _close_children(parent, trials: list[dict]) -> None:
-    """Child runs of trials that ASHA stopped were cut off mid-fit: mark them KILLED, not RUNNING forever.
+    """Give every trial's child run the state its trial ended in: FINISHED when it wrote its model, KILLED when
+    ASHA cut it off; a trial Tune recorded as an error keeps the tracker's FAILED.
 
-    A stopped trial whose process was killed leaves its run RUNNING; one that Tune stopped by raising into it
-    has it FAILED by the tracker on the way out. Either is KILLED unless Tune recorded the trial as an error.
+    Tune stops a trial as soon as its scheduler says so, which at the last epoch races the trial's own end: a
+    trial killed there leaves its run RUNNING, one stopped by raising into it has it FAILED by the tracker on
+    the way out, even after it wrote its model (seen in clean-clone runs of the search test).
     """
-    stopped = {t["run_dir"] for t in trials if t["status"] == "stopped by ASHA"}
+    by_dir = {t["run_dir"]: t for t in trials}
     runs = parent.client.search_runs([parent.experiment_id],
                                      filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")
     for r in runs:
-        if r.info.status == "RUNNING" or (r.info.status == "FAILED" and r.data.tags.get(RUN_DIR_TAG) in stopped):
-            parent.client.set_terminated(r.info.run_id, status="KILLED")
+        trial = by_dir.get(r.data.tags.get(RUN_DIR_TAG))
+        if trial is not None and trial["status"] == "error":
+            continue
+        if r.info.status == "RUNNING" or (r.info.status == "FAILED" and trial is not None):
+            done = trial is not None and trial["status"] == "finished"
+            parent.client.set_terminated(r.info.run_id, status="FINISHED" if done else "KILLED")
 
 
 def load_space(path: str) -> dict:

@@ -91,7 +91,8 @@ def test_search_shares_the_data_tracks_trials_and_its_best_yaml_reproduces(ray_s
     runs = client.search_runs([exp.experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and all(r.info.status in ("FINISHED", "KILLED") for r in children)
+    assert len(children) == 2 and all(r.info.status in ("FINISHED", "KILLED") for r in children), \
+        [(r.info.run_name, r.info.status) for r in children] + [(t["trial_id"], t["status"]) for t in trials]
     assert parent.data.metrics["best_val_recall_at_10"] == pytest.approx(out["best"]["value"])
     for child in children:
         assert client.get_metric_history(child.info.run_id, "val_recall_at_10")
@@ -128,3 +129,28 @@ def test_shipped_search_spaces_fit_their_configs():
     for path in spaces:
         cfg = PipelineConfig.from_yaml(str(root / f"ml100k_{path.stem}.yaml"))
         check_space(cfg, parse_space(yaml.safe_load(path.read_text())))
+
+
+def test_trial_runs_end_in_the_state_their_trial_ended_in(tmp_path):
+    """A search's child runs after Tune returns: whatever the race between a trial's end and Tune's stop left
+    (RUNNING, or FAILED by the tracker on the way out), a trial that wrote its model is FINISHED, one ASHA cut
+    off is KILLED, and a trial Tune recorded as an error keeps FAILED."""
+    from ray_recall.tracking import RUN_DIR_TAG, Tracker
+    from ray_recall.tuning import _close_children
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = Tracker.start(uri, "search", "search")
+    cases = {  # trial status -> the child's state before, the state wanted after
+        "a": ("finished", "FAILED", "FINISHED"), "b": ("finished", "RUNNING", "FINISHED"),
+        "c": ("finished", "FINISHED", "FINISHED"), "d": ("stopped by ASHA", "FAILED", "KILLED"),
+        "e": ("stopped by ASHA", "RUNNING", "KILLED"), "f": ("error", "FAILED", "FAILED"),
+    }
+    children = {}
+    for name, (_, before, _) in cases.items():
+        child = Tracker.start(uri, "search", name, tags={RUN_DIR_TAG: f"trials/{name}"}, parent_run_id=parent.run_id)
+        if before != "RUNNING":
+            child.client.set_terminated(child.run_id, status=before)
+        children[name] = child.run_id
+    _close_children(parent, [{"run_dir": f"trials/{n}", "status": status} for n, (status, _, _) in cases.items()])
+    got = {n: parent.client.get_run(run_id).info.status for n, run_id in children.items()}
+    assert got == {n: after for n, (_, _, after) in cases.items()}
