@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
 import ray
 import ray.data
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -21,6 +22,11 @@ from ray_recall.stages.train.report import training_curves_png
 # Training splits up to this share of the cluster's object store are read into it once per fit (see _train_dataset).
 _CACHE_FRACTION = 0.1
 _INTERACTION_BYTES = 12  # a sequence row's item (int32) and timestamp (float64)
+
+# Sequences of at most this many interactions are read by the driver and handed to Ray Data as blocks (see
+# _train_dataset): a Ray Data read and materialize costs about 3 s of every fit, which dominates small fits (the
+# tests' and notebooks' samples, tuning trials on a sample). MovieLens-100K (100k) and larger are read by Ray Data.
+_DRIVER_READ_MAX_INTERACTIONS = 20_000
 
 # How often Ray Train's controller polls its workers (Ray's default 2 s). Each state change of a fit
 # (workers started, running, finished) waits for a poll: on the tiny fits of tests and tuning a
@@ -143,9 +149,14 @@ def _train_dataset(run: RunDir, tc, num_interactions: int) -> ray.data.Dataset:
     costing seconds per epoch on a small machine, which dominates short epochs. Sequences that fit in
     `_CACHE_FRACTION` of the object store are read once, in order, so every epoch sees the same
     blocks as a streamed one; larger ones stream (nothing grows with the log but the object store,
-    and only up to that bound).
+    and only up to that bound). The smallest (`_DRIVER_READ_MAX_INTERACTIONS`) are read by the driver.
     """
-    ds = ray.data.read_parquet(run.sequences_uri()).select_columns(["user_idx", "items", "times", "length"])
+    columns = ["user_idx", "items", "times", "length"]
+    if num_interactions <= _DRIVER_READ_MAX_INTERACTIONS:  # one block per partition file, in a seeded order
+        files = run.files("data", "sequences", suffix=".parquet")
+        order = np.random.default_rng(tc.seed).permutation(len(files))
+        return ray.data.from_arrow([run.read_parquet("data", "sequences", files[i], columns=columns) for i in order])
+    ds = ray.data.read_parquet(run.sequences_uri()).select_columns(columns)
     ds = ds.randomize_block_order(seed=tc.seed)
     if num_interactions * _INTERACTION_BYTES <= _CACHE_FRACTION * ray.cluster_resources().get("object_store_memory", 0):
         ds.context.execution_options.preserve_order = True  # block order as streamed: reproducible fits
