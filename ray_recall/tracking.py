@@ -137,6 +137,10 @@ class Tracker:
             self.client.set_tag(self.run_id, k, v)
 
     def finish(self, ok: bool) -> None:
+        """FINISHED, or FAILED unless someone who knew better already ended the run: a search marks a trial that
+        ASHA stopped KILLED, and the trial's own way out (Tune raising into it) can come seconds later."""
+        if not ok and self.client.get_run(self.run_id).info.status != "RUNNING":
+            return
         self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
 
 

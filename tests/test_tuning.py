@@ -152,5 +152,10 @@ def test_trial_runs_end_in_the_state_their_trial_ended_in(tmp_path):
             child.client.set_terminated(child.run_id, status=before)
         children[name] = child.run_id
     _close_children(parent, [{"run_dir": f"trials/{n}", "status": status} for n, (status, _, _) in cases.items()])
+    # A stopped trial's own way out comes after the search ended its run (seen in a clean-clone run): it stays KILLED.
+    Tracker(uri, children["e"], parent.experiment_id).finish(ok=False)
     got = {n: parent.client.get_run(run_id).info.status for n, run_id in children.items()}
     assert got == {n: after for n, (_, _, after) in cases.items()}
+    late = Tracker.start(uri, "search", "late")  # a run nobody ended still fails as before
+    late.finish(ok=False)
+    assert late.client.get_run(late.run_id).info.status == "FAILED"
