@@ -253,6 +253,9 @@ class TrainConfig(_Section):
     """recall | ndcg (at val_k): picks the best checkpoint and drives early stopping"""
     early_stopping_patience: NonNegativeInt = 0
     """stop after this many epochs without a better val_metric; 0 = never"""
+    max_train_seconds: Optional[PositiveNumber] = None
+    """a budget of training seconds (the epochs' wall time, validation excluded): no epoch is started that the
+    last epoch's time says would end past it (the first always runs); the best epoch within it is kept. None = none"""
     max_failures: Annotated[StrictInt, Field(ge=-1)] = 0
     """worker failures Ray Train recovers from by restarting at the last checkpoint (-1 = any number)"""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"

@@ -84,6 +84,25 @@ def test_early_stopping_and_curves(data_copy):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_stop_reason_patience_and_time_budget():
+    from ray_recall.config import PipelineConfig
+    from ray_recall.stages.train.loop import stop_reason
+
+    def history(values, seconds=10.0):
+        return [{"val_recall@10": v, "epoch_seconds": seconds} for v in values]
+
+    tc = PipelineConfig().train.model_copy(update={"early_stopping_patience": 2})
+    assert stop_reason(history([0.1, 0.2, 0.3]), tc) is None
+    assert stop_reason(history([0.1, 0.3, 0.2]), tc) is None  # one epoch without a better value: go on
+    assert stop_reason(history([0.1, 0.3, 0.2, 0.3]), tc) == "early stop"  # a tie is not better
+    # A 35 s budget with 10 s epochs: after three (30 s spent) a fourth would end at 40 s.
+    tc = PipelineConfig().train.model_copy(update={"max_train_seconds": 35.0})
+    assert stop_reason(history([0.1, 0.2]), tc) is None
+    assert stop_reason(history([0.1, 0.2, 0.3]), tc) == "time budget"
+    assert stop_reason(history([0.1], seconds=50.0), tc) == "time budget"  # the first epoch always runs
+    assert stop_reason(history([0.1] * 9), PipelineConfig().train) is None  # neither rule set: never
+
+
 def test_two_workers_match_one_worker(trained_run, data_copy):
     """Same global batch and seed: 2 DDP workers reach the 1-worker metrics within a stated tolerance."""
     base, out = trained_run

@@ -211,12 +211,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             metrics.update(validate(core, val, trainer.schema.max_len, tc.val_k))
             history.append(metrics)
-            stop[0] = float(_should_stop(history, tc))
+            why = stop_reason(history, tc)
+            stop[0] = float(why is not None)
             if say:
                 emit(lines, f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
                             f"{tc.selection_metric} {metrics[tc.selection_metric]:.4f} "
                             f"({metrics['samples'] / metrics['epoch_seconds']:.0f} targets/s)"
-                            + (" - early stop" if stop[0] else ""))
+                            + (f" - {why}" if why else ""))
             log_epoch(metrics, step=epoch)
             with tempfile.TemporaryDirectory() as d:
                 write_checkpoint_dir(d, model_file(core, cfg), trainer.optimizer.state_dict(), epoch, history)
@@ -245,9 +246,20 @@ def model_file(model: torch.nn.Module, cfg: PipelineConfig) -> ModelFile:
                      {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
-def _should_stop(history: list[dict], tc) -> bool:
-    """Early stopping: no better selection metric in the last `early_stopping_patience` epochs."""
-    if not tc.early_stopping_patience or len(history) <= tc.early_stopping_patience:
-        return False
-    values = [h[tc.selection_metric] for h in history]
-    return max(values[-tc.early_stopping_patience:]) <= max(values[:-tc.early_stopping_patience])
+def stop_reason(history: list[dict], tc) -> str | None:
+    """Why training stops after the last epoch of `history`, or None to go on.
+
+    "early stop": no better selection metric in the last `early_stopping_patience` epochs.
+    "time budget": the next epoch, if it took as long as the last, would end past `max_train_seconds`
+    of epochs (their wall time; validation is not counted).
+    """
+    patience = tc.early_stopping_patience
+    if patience and len(history) > patience:
+        values = [h[tc.selection_metric] for h in history]
+        if max(values[-patience:]) <= max(values[:-patience]):
+            return "early stop"
+    if tc.max_train_seconds is not None and history:
+        spent = sum(h["epoch_seconds"] for h in history)
+        if spent + history[-1]["epoch_seconds"] > tc.max_train_seconds:
+            return "time budget"
+    return None
