@@ -78,7 +78,7 @@ def batch_loss(model, batch: dict[str, torch.Tensor], tc: TrainConfig, tables: I
             neg_ids, neg_s = batch[B.NEG][0], u @ neg[0].T  # [N], [M, N]: the scored positions only
         else:
             neg_ids = batch[B.NEG]  # [E, N]: a row's draw, shared by its positions (its logQ is looked up per row)
-            neg_s = torch.einsum("etd,end->etn", user, neg)[valid] if neg.shape[1] else u.new_zeros(len(u), 0)
+            neg_s = (user @ neg.transpose(1, 2))[valid] if neg.shape[1] else u.new_zeros(len(u), 0)  # [M, N]
         if tc.mode == "pointwise":
             loss = pointwise_from_scores(pos_s, neg_s, temperature=T)
         elif tc.mode == "pairwise":
