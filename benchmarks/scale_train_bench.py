@@ -121,6 +121,14 @@ def main() -> None:
     work = os.path.abspath(args.work_dir)
     os.makedirs(work, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M")
+    steps = {"dssm": 512, "sasrec": 768}
+    kept = {}
+    if args.models and os.path.exists(os.path.join(work, "results.json")):
+        kept = {case_name(r["model"], r["over"]): r for r in json.load(open(os.path.join(work, "results.json")))}
+    missing = [case_name(m, o) for m, o in CASES if args.models and m not in args.models and case_name(m, o) not in kept]
+    if missing:  # a report without them would silently drop their rows
+        sys.exit(f"--models {' '.join(args.models)}: no earlier results for {', '.join(missing)} in "
+                 f"{os.path.join(work, 'results.json')}; run without --models, or with the same --work-dir as before")
     paths = generate(work, 10)
     data = {"10M": os.path.join(work, "data_10M"), "ml100k": os.path.join(work, "data_ml100k")}
     for label, run in data.items():
@@ -129,10 +137,6 @@ def main() -> None:
             path = os.path.join(work, f"preprocess_{label}.yaml")
             yaml.safe_dump(cfg, open(path, "w"), sort_keys=False)
             cli("preprocess", "--config", path, log=os.path.join(work, "preprocess.log"))
-    steps = {"dssm": 512, "sasrec": 768}
-    kept = {}
-    if args.models and os.path.exists(os.path.join(work, "results.json")):
-        kept = {case_name(r["model"], r["over"]): r for r in json.load(open(os.path.join(work, "results.json")))}
     results = []
     for model, over in CASES:
         if args.models and model not in args.models:
