@@ -255,7 +255,8 @@ class TrainConfig(_Section):
     """stop after this many epochs without a better val_metric; 0 = never"""
     max_train_seconds: Optional[PositiveNumber] = None
     """a budget of training seconds (the epochs' wall time, validation excluded): no epoch is started that the
-    last epoch's time says would end past it (the first always runs); the best epoch within it is kept. None = none"""
+    last epoch's time says would end past it (the first always runs; a resumed run counts its earlier epochs); the best
+    epoch within it is kept. None = no budget"""
     max_failures: Annotated[StrictInt, Field(ge=-1)] = 0
     """worker failures Ray Train recovers from by restarting at the last checkpoint (-1 = any number)"""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = "PACK"

@@ -35,8 +35,8 @@ _DRIVER_READ_MAX_INTERACTIONS = 20_000
 _HEALTH_CHECK_INTERVAL_S = "0.25"
 
 # Settings that may change between a run and its resumption without invalidating its checkpoints.
-_RESUMABLE = ("epochs", "early_stopping_patience", "max_train_seconds", "max_failures", "num_workers", "cpus_per_worker",
-              "placement_strategy", "use_gpu", "num_threads")
+_RESUMABLE = ("epochs", "early_stopping_patience", "max_train_seconds", "max_failures", "num_workers",
+              "cpus_per_worker", "placement_strategy", "use_gpu", "num_threads")
 
 
 def checkpoint_name(cfg: PipelineConfig) -> str:
