@@ -153,11 +153,13 @@ def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len:
 
 def pad_histories(histories: list[np.ndarray], max_len: int, users: np.ndarray | None = None) -> dict[str, torch.Tensor]:
     """Ad-hoc histories (dense items, oldest first) -> the user side of a batch: the last max_len items of each,
-    right-padded with 0; users default to 0 (a user the run does not know)."""
-    hist = np.zeros((len(histories), max_len), dtype=np.int64)
+    right-padded with 0 to the longest of them (at least 1), not to max_len: no model's user vector depends on
+    the padding's width (tests/test_models.py), and a 20-item history then costs 20 positions, not max_len.
+    Users default to 0 (a user the run does not know)."""
+    histories = [np.asarray(h, dtype=np.int64)[-max_len:] for h in histories]
+    hist = np.zeros((len(histories), max([1] + [len(h) for h in histories])), dtype=np.int64)
     lengths = np.zeros(len(histories), dtype=np.int64)
     for row, h in enumerate(histories):
-        h = np.asarray(h, dtype=np.int64)[-max_len:]
         hist[row, :len(h)] = h
         lengths[row] = len(h)
     users = np.zeros(len(histories), dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)

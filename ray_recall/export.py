@@ -6,7 +6,7 @@
                       sizes, and where the vocabularies are (raw id of each dense id)
 
 The batch axis is dynamic; a history is the run's `max_len` window, oldest first, right-padded with 0, as
-`batch.user_batch` and `batch.pad_histories` cut it. Written by torch's TorchScript-based exporter
+`batch.user_batch` cuts it. Written by torch's TorchScript-based exporter
 (`dynamo=False`): it traces every model (MIND's shape-dependent lookup of its behaviours included, which
 torch.export refuses under a dynamic batch), leaves out the inputs a tower never reads, and is about ten
 times faster. Each tower is checked against the PyTorch model on onnxruntime at batch sizes other than

@@ -124,6 +124,21 @@ def test_padding_never_changes_the_user_vector(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_the_padding_width_never_changes_the_user_vector(name):
+    """A history padded to its batch's longest (as a history query is) gives the vector of the max_len window."""
+    model = make_model(name).eval()
+    lens = [5, 3, 1, 0]
+    batch = user_batch(seed=5, hist_lens=lens)
+    narrow = dict(batch, **{B.HIST: batch[B.HIST][:, :max(lens)]})
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_user(narrow), model.encode_user(batch), rtol=0, atol=1e-6)
+    histories = [h[:n].numpy() for h, n in zip(batch[B.HIST], lens)]
+    built = B.pad_histories(histories, MAX_LEN, users=batch[B.USER].numpy())
+    assert built[B.HIST].shape == (len(lens), max(lens))
+    assert all(torch.equal(built[k], narrow[k]) for k in (B.USER, B.HIST, B.HIST_LEN))
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_real_history_items_do_change_the_user_vector(name):
     model = make_model(name).eval()
     batch = user_batch(seed=4)

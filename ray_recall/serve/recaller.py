@@ -218,7 +218,7 @@ class Recaller:
         seen = known if q.exclude_seen else np.zeros(0, np.int64)
         return _Plan(q, drop=np.union1d(seen, excluded), unknown=unknown, hist=known[-self.max_len:])
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def _encode_histories(self, histories: list[np.ndarray]) -> np.ndarray:
         """Dense histories (each oldest first, <= max_len) -> user vectors [B, D] or [B, K, D], one model pass."""
         batch = pad_histories(histories, self.max_len)  # user 0: a user the run does not know
