@@ -17,8 +17,10 @@ is real. Then one Serve instance on this machine hosts, side by side:
 A closed-loop HTTP load generator (aiohttp on uvloop, keep-alive connections, in this process)
 keeps `c` requests in flight for a fixed time per cell and records each request's latency; user-id
 queries and history queries (each user's last 20 items, as sent by a client that does not know the
-user) are measured separately. The cells are interleaved (no-op, user, history at each concurrency)
-so that a change in machine load hits all three alike. The floor is measured in the same run: the
+user) are measured separately. The cells are interleaved so that a change in machine load hits all
+three alike: at concurrency 1 they take turns request by request (no-op, user, history, no-op, ...;
+each cell's QPS is then its requests over the time spent on them), above it they take turns
+`--rounds` times, each turn a share of `--duration`. The floor is measured in the same run: the
 in-process `Recaller` (no HTTP, no Serve), one query at a time: back to back, and again with the
 no-op's round trip of idle time before each query, as the replica gets them at concurrency 1 (the
 caches are cold then: that floor, not the back-to-back one, is what the endpoint can approach).
@@ -130,11 +132,14 @@ def noop_app(constant: dict, max_ongoing_requests: int):
 # ------------------------------------------------------------------------------------ load generator
 
 
-async def _load(url: str, bodies: list[bytes], concurrency: int, warmup_s: float, duration_s: float) -> dict:
-    """Closed loop: `concurrency` clients, each sending its next request as soon as the last one is answered."""
+async def _load(targets: list[tuple[str, list[bytes]]], concurrency: int, warmup_s: float, duration_s: float) -> list[dict]:
+    """Closed loop: `concurrency` clients, each sending its next request as soon as the last one is answered,
+    to the targets [(url, request bodies)] in turn, a request each. Per target: {"latencies", "errors",
+    "batch_sizes", "duration_s"}: the measured time, or with several targets the time spent on this one."""
     import aiohttp
 
-    latencies, batch_sizes, errors = [], [], []
+    raws = [{"latencies": [], "errors": [], "batch_sizes": [], "duration_s": 0.0 if len(targets) > 1 else duration_s}
+            for _ in targets]
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=60)
     headers = {"content-type": "application/json"}
@@ -148,7 +153,8 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, warmup_s: float
                 t0 = time.perf_counter()
                 if t0 >= t_end:
                     return
-                body = bodies[i % len(bodies)]
+                (url, bodies), raw = targets[i % len(targets)], raws[i % len(targets)]
+                body = bodies[(i // len(targets)) % len(bodies)]
                 i += concurrency
                 try:
                     async with session.post(url, data=body, headers=headers) as r:
@@ -159,23 +165,32 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, warmup_s: float
                 t1 = time.perf_counter()
                 if t0 < t_measure:
                     continue  # warm-up
+                if len(targets) > 1:
+                    raw["duration_s"] += t1 - t0
                 if ok:
-                    latencies.append(t1 - t0)
-                    batch_sizes.append(json.loads(payload).get("batch_size", 1))
+                    raw["latencies"].append(t1 - t0)
+                    raw["batch_sizes"].append(json.loads(payload).get("batch_size", 1))
                 else:
-                    errors.append(payload[:200].decode(errors="replace"))
+                    raw["errors"].append(payload[:200].decode(errors="replace"))
 
         await asyncio.gather(*(client(n) for n in range(concurrency)))
-    return _summary(latencies, duration_s, errors=errors, batch_sizes=batch_sizes)
+    return raws
 
 
-def load(url: str, bodies: list[bytes], concurrency: int, warmup_s: float, duration_s: float) -> dict:
+def load(targets: list[tuple[str, list[bytes]]], concurrency: int, warmup_s: float, duration_s: float) -> list[dict]:
+    """Each target's raw measurements (`_load`; `summarize` them)."""
     try:
         import uvloop
 
-        return uvloop.run(_load(url, bodies, concurrency, warmup_s, duration_s))
+        return uvloop.run(_load(targets, concurrency, warmup_s, duration_s))
     except ImportError:
-        return asyncio.run(_load(url, bodies, concurrency, warmup_s, duration_s))
+        return asyncio.run(_load(targets, concurrency, warmup_s, duration_s))
+
+
+def summarize(raws: list[dict]) -> dict:
+    """The rounds of one cell, pooled -> its summary row."""
+    return _summary([x for r in raws for x in r["latencies"]], sum(r["duration_s"] for r in raws),
+                    errors=[x for r in raws for x in r["errors"]], batch_sizes=[x for r in raws for x in r["batch_sizes"]])
 
 
 def _summary(latencies: list[float], duration_s: float, errors=(), batch_sizes=None) -> dict:
@@ -257,7 +272,9 @@ def main() -> None:
     ap.add_argument("--run-dir", help="serve this existing, complete run instead of training one")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--duration", type=float, default=15.0, help="measured seconds per cell")
-    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each cell")
+    ap.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each cell (0.5 s in later rounds)")
+    ap.add_argument("--rounds", type=int, default=3, help="above concurrency 1, the cells take turns this many "
+                                                          "times, splitting --duration between the turns")
     ap.add_argument("--batch-wait-timeout-s", type=float, nargs="+", default=None,
                     help="measure the real app at each of these batch waits (default: the app's default)")
     ap.add_argument("--quick", action="store_true", help="smoke run: synthetic data, 2 s cells")
@@ -297,15 +314,24 @@ def main() -> None:
             _wait_ready(f"{base}/recall", bodies["user"][0])
             label = f"endpoint (wait {wait * 1e3:g} ms)" if len(waits) > 1 else "endpoint"
             for c in args.concurrency:
-                if wait == waits[0]:
-                    s = load(f"{base}{NOOP_ROUTE}/recall", bodies["user"], c, args.warmup, args.duration)
-                    s["mean_batch"] = None  # its constant answer says 1
-                    rows.append(("no-op (ceiling)", "user", c, s))
-                    print(f"noop c={c}: {s}", flush=True)
-                for kind in ("user", "history"):
-                    s = load(f"{base}/recall", bodies[kind], c, args.warmup, args.duration)
-                    rows.append((label, kind, c, s))
-                    print(f"{label} {kind} c={c}: {s}", flush=True)
+                cells = ([("no-op (ceiling)", "user", f"{base}{NOOP_ROUTE}/recall")] if wait == waits[0] else []) + \
+                        [(label, kind, f"{base}/recall") for kind in ("user", "history")]
+                raws = {cell: [] for cell in cells}
+                if c == 1:  # one request in flight: the cells take turns request by request
+                    for cell, raw in zip(cells, load([(url, bodies[kind]) for _, kind, url in cells], 1, args.warmup,
+                                                     args.duration * len(cells))):
+                        raws[cell].append(raw)
+                for r in range(args.rounds if c > 1 else 0):  # the cells take turns, a share of the time each
+                    for cell in cells:
+                        target, kind, url = cell
+                        raws[cell] += load([(url, bodies[kind])], c, args.warmup if r == 0 else min(args.warmup, 0.5),
+                                           args.duration / args.rounds)
+                for (target, kind, _), raw in raws.items():
+                    s = summarize(raw)
+                    if target.startswith("no-op"):
+                        s["mean_batch"] = None  # its constant answer says 1
+                    rows.append((target, kind, c, s))
+                    print(f"{target} {kind} c={c}: {s}", flush=True)
         gap = cell_p50("no-op (ceiling)", "user", 1, rows) or 5.0
         for kind in ("user", "history"):
             s = in_process(recaller, bodies[kind], args.duration)
@@ -342,7 +368,9 @@ def main() -> None:
         f"Endpoint: 1 replica ({_replica_cpus()} CPU), max_batch_size {BUILD_ARGS['max_batch_size']}, "
         f"batch_wait_timeout_s {', '.join(f'{w:g}' for w in waits)}, max_ongoing_requests {max_ongoing}; "
         "FAISS and torch on 1 thread per replica.",
-        f"Load: closed loop, k={K}, {args.warmup:g} s warm-up + {args.duration:g} s measured per cell; "
+        f"Load: closed loop, k={K}, {args.warmup:g} s warm-up + {args.duration:g} s measured per cell, "
+        f"taking turns with the other cells of its concurrency (request by request at concurrency 1, "
+        f"in {args.rounds} turns above it); "
         f"history queries send a user's last {HISTORY_LEN} items.",
         "",
         "| target | query | concurrency | requests | errors | p50 ms | p99 ms | QPS | mean batch |",
