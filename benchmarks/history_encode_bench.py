@@ -13,8 +13,8 @@ one thread, shipped model sizes (D 64, 2 blocks, 1 head, max_len 50) over a 1M-i
 each "warm" (calls back to back) and "after 10 ms idle" (a sleep before each call: what a replica sees
 at one request in flight, where the caches have gone cold). The methods take turns in blocks of calls,
 eight rounds, so that a change in machine load hits all alike; medians over all calls. On this machine
-the idle figures move by 2x between hours (the host's wake-up), so compare them within one run. Every method's vector is checked
-against the first one's before timing.
+the idle figures move by 2x between hours (the host's wake-up), so compare them within one run. Every
+method's vector is checked against the first one's before timing.
 """
 
 import argparse
@@ -41,17 +41,17 @@ ROUNDS, WARMUP = 8, 5
 METHODS = ("padded to max_len, no_grad", "padded to its length, inference", "ONNX Runtime")
 
 
-def padded(history: np.ndarray, width: int) -> dict:
+def padded_to_max_len(history: np.ndarray) -> dict:
+    """`pad_histories` as it was before 2026-12-07 (and as the exported tower's fixed width needs it)."""
     batch = B.pad_histories([history], MAX_LEN)
-    if width > batch[B.HIST].shape[1]:
-        batch[B.HIST] = torch.nn.functional.pad(batch[B.HIST], (0, width - batch[B.HIST].shape[1]))
+    batch[B.HIST] = torch.nn.functional.pad(batch[B.HIST], (0, MAX_LEN - batch[B.HIST].shape[1]))
     return batch
 
 
 def methods(model, session) -> dict:
     def before(h):
         with torch.no_grad():
-            return model.encode_user(padded(h, MAX_LEN)).numpy()
+            return model.encode_user(padded_to_max_len(h)).numpy()
 
     def now(h):
         with torch.inference_mode():
@@ -60,7 +60,7 @@ def methods(model, session) -> dict:
     names = [a.name for a in session.get_inputs()]
 
     def onnx(h):
-        batch = padded(h, MAX_LEN)
+        batch = padded_to_max_len(h)
         return session.run(None, {n: batch[n].numpy() for n in names})[0]
 
     return dict(zip(METHODS, (before, now, onnx)))

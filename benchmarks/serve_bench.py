@@ -321,11 +321,12 @@ def main() -> None:
                     for cell, raw in zip(cells, load([(url, bodies[kind]) for _, kind, url in cells], 1, args.warmup,
                                                      args.duration * len(cells))):
                         raws[cell].append(raw)
-                for r in range(args.rounds if c > 1 else 0):  # the cells take turns, a share of the time each
-                    for cell in cells:
-                        target, kind, url = cell
-                        raws[cell] += load([(url, bodies[kind])], c, args.warmup if r == 0 else min(args.warmup, 0.5),
-                                           args.duration / args.rounds)
+                else:  # the cells take turns, a share of the time each
+                    for r in range(args.rounds):
+                        for cell in cells:
+                            _, kind, url = cell
+                            raws[cell] += load([(url, bodies[kind])], c,
+                                               args.warmup if r == 0 else min(args.warmup, 0.5), args.duration / args.rounds)
                 for (target, kind, _), raw in raws.items():
                     s = summarize(raw)
                     if target.startswith("no-op"):
