@@ -13,8 +13,9 @@ from ray_recall.config import MODES
 from ray_recall.schema import DataSchema
 from ray_recall.metrics import score_items
 from ray_recall.models import available_models, build_model, get_model_class
-from ray_recall.models.layers import length_mask
+from ray_recall.models.layers import Dropout, dropout, length_mask
 from ray_recall.models.mind import MIND, dynamic_interest_count
+from ray_recall.models.sasrec import attention_with_dropout
 from ray_recall.objectives import listwise_loss
 
 D = 16
@@ -299,6 +300,53 @@ def test_mind_behaviours_same_by_table_or_by_lookup():
 def test_mind_rejects_bad_sizes():
     with pytest.raises(ValueError, match="routing_iterations"):
         MIND(tiny_schema(), D, routing_iterations=0)
+
+
+# ---- dropout ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_drops_at_its_rate_and_scales_what_it_keeps(p):
+    x = torch.ones(1_000_000)
+    torch.manual_seed(3)
+    y = dropout(x, p)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / x.numel())  # five standard errors
+    kept = y[y != 0]
+    assert torch.all(kept == kept[0]) and kept[0].item() == pytest.approx(1 / (1 - p), rel=1e-4)
+    assert y.mean().item() == pytest.approx(1.0, abs=5e-3)  # unbiased
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x, p), y)  # seeded by torch's generator
+
+
+def test_dropout_masks_odd_sizes_and_is_the_identity_when_off():
+    x = torch.randn(3, 5, 7)  # 105 elements: not a multiple of the four draws in a 64-bit integer
+    assert dropout(x, 0.3).shape == x.shape
+    assert dropout(x, 0.3, training=False) is x and dropout(x, 0.0) is x
+    layer = Dropout(0.3).eval()
+    assert layer(x) is x
+    with pytest.raises(ValueError, match="dropout rate"):
+        Dropout(1.0)
+
+
+def test_dropout_gradient_is_its_mask():
+    x = torch.randn(64, 50, requires_grad=True)
+    y = dropout(x, 0.2)
+    y.sum().backward()
+    keep = y.detach() != 0
+    assert torch.all(x.grad[~keep] == 0)
+    assert torch.allclose(x.grad[keep], torch.full_like(x.grad[keep], 1 / 0.8), rtol=1e-4)
+
+
+def test_sasrec_training_attention_is_sdpa_without_its_dropout():
+    """The training path's attention, dropout off, equals torch's scaled_dot_product_attention."""
+    torch.manual_seed(5)
+    q, k, v = (torch.randn(4, 2, 6, 8) for _ in range(3))
+    allowed = (torch.ones(6, 6, dtype=torch.bool).tril()[None] & (torch.arange(6) < 4)[None, None]).unsqueeze(1)
+    allowed = allowed | (torch.arange(6) == 0)  # key 0 always visible, as the model keeps it
+    ours = attention_with_dropout(q, k, v, allowed.expand(4, 1, 6, 6), 0.0)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed.expand(4, 1, 6, 6))
+    assert torch.allclose(ours, sdpa, atol=1e-6)
 
 
 # ---- model-specific checks ---------------------------------------------------------------

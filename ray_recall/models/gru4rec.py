@@ -8,7 +8,7 @@ from torch import nn
 from ray_recall import batch as B
 from ray_recall.schema import DataSchema
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import item_table, length_mask
+from ray_recall.models.layers import Dropout, item_table, length_mask
 from ray_recall.models.registry import register_model
 
 
@@ -40,7 +40,7 @@ class GRU4Rec(RecallModel):
         if hidden_size <= 0 or num_layers <= 0:
             raise ValueError(f"gru4rec needs hidden_size > 0 and num_layers > 0, got {hidden_size} and {num_layers}")
         self.item_emb = item_table(schema.num_items, embedding_dim)
-        self.emb_dropout = nn.Dropout(dropout_rate)
+        self.emb_dropout = Dropout(dropout_rate)
         self.gru = nn.GRU(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
                           dropout=dropout_rate if num_layers > 1 else 0.0)
         self.proj = nn.Linear(hidden_size, embedding_dim)

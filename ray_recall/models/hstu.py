@@ -22,7 +22,7 @@ from torch import nn
 
 from ray_recall import batch as B
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import item_table, length_mask, take_at
+from ray_recall.models.layers import Dropout, item_table, length_mask, take_at
 from ray_recall.models.registry import register_model
 from ray_recall.schema import DataSchema
 
@@ -40,7 +40,7 @@ class _HSTUBlock(nn.Module):
         self.uvqk = nn.Linear(dim, heads * (2 * linear_dim + 2 * attention_dim))
         self.ln_attn = nn.LayerNorm(heads * linear_dim)
         self.out = nn.Linear(heads * linear_dim, dim)
-        self.dropout = nn.Dropout(dropout_rate)
+        self.dropout = Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor,
                 last: torch.Tensor | None = None) -> torch.Tensor:
@@ -100,7 +100,7 @@ class HSTU(RecallModel):
         self.item_emb = item_table(schema.num_items, embedding_dim)
         self.pos_emb = nn.Embedding(schema.max_len, embedding_dim)
         nn.init.normal_(self.pos_emb.weight, std=embedding_dim ** -0.5)
-        self.emb_dropout = nn.Dropout(dropout_rate)
+        self.emb_dropout = Dropout(dropout_rate)
         self.blocks = nn.ModuleList(_HSTUBlock(embedding_dim, num_heads, attention_dim, linear_dim, dropout_rate,
                                                schema.max_len)
                                     for _ in range(num_blocks))

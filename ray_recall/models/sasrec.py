@@ -9,8 +9,20 @@ from torch import nn
 from ray_recall import batch as B
 from ray_recall.schema import DataSchema
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import item_table, length_mask, take_at
+from ray_recall.models.layers import Dropout, dropout, item_table, length_mask, take_at
 from ray_recall.models.registry import register_model
+
+
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                           p: float) -> torch.Tensor:
+    """Scaled dot-product attention as SDPA's math path computes it, its weights dropped by `layers.dropout`.
+
+    q [B, h, Lq, d], k and v [B, h, L, d], allowed [B, 1, Lq, L] (True = may attend) -> [B, h, Lq, d]. SDPA draws
+    its own dropout mask one Bernoulli at a time; this is the training path, SDPA the inference one.
+    """
+    w = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, h, Lq, L]
+    w = torch.softmax(w.masked_fill(~allowed, float("-inf")), dim=-1)
+    return dropout(w, p) @ v
 
 
 class _CausalBlock(nn.Module):
@@ -24,8 +36,8 @@ class _CausalBlock(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.attn_out = nn.Linear(dim, dim)
         self.ln_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout_rate), nn.Linear(dim, dim))
-        self.dropout = nn.Dropout(dropout_rate)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), Dropout(dropout_rate), nn.Linear(dim, dim))
+        self.dropout = Dropout(dropout_rate)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
         """last [B] (optional): compute only the state at this position of each row -> [B, 1, D] (its keys are
@@ -37,8 +49,10 @@ class _CausalBlock(nn.Module):
         Lq, h = q.shape[1], self.num_heads
         q = q.reshape(b, Lq, h, d // h).transpose(1, 2)  # [B, h, Lq, d/h]
         k, v = (t.reshape(b, L, h, d // h).transpose(1, 2) for t in (k, v))  # [B, h, L, d/h]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                           dropout_p=self.dropout_rate if self.training else 0.0)
+        if self.training and self.dropout_rate > 0:
+            a = attention_with_dropout(q, k, v, allowed, self.dropout_rate)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         x = x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, Lq, d)))
         return x + self.dropout(self.ffn(self.ln_ffn(x)))
 
@@ -73,7 +87,7 @@ class SASRec(RecallModel):
         self.item_emb = item_table(schema.num_items, embedding_dim)
         self.pos_emb = nn.Embedding(schema.max_len, embedding_dim)
         nn.init.normal_(self.pos_emb.weight, std=embedding_dim ** -0.5)
-        self.emb_dropout = nn.Dropout(dropout_rate)
+        self.emb_dropout = Dropout(dropout_rate)
         self.blocks = nn.ModuleList(_CausalBlock(embedding_dim, num_heads, dropout_rate) for _ in range(num_blocks))
         self.ln_out = nn.LayerNorm(embedding_dim)
 
