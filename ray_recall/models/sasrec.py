@@ -17,8 +17,8 @@ def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, al
                            p: float) -> torch.Tensor:
     """Scaled dot-product attention as SDPA's math path computes it, its weights dropped by `layers.dropout`.
 
-    q [B, h, Lq, d], k and v [B, h, L, d], allowed [B, 1, Lq, L] (True = may attend) -> [B, h, Lq, d]. SDPA draws
-    its own dropout mask one Bernoulli at a time; this is the training path, SDPA the inference one.
+    q [B, h, Lq, d], k and v [B, h, L, d], allowed [B, 1, Lq, L] (True = may attend) -> [B, h, Lq, d]. On CPU
+    SDPA draws its dropout mask one Bernoulli at a time; this is the CPU training path, SDPA the others.
     """
     w = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, h, Lq, L]
     w = torch.softmax(w.masked_fill(~allowed, float("-inf")), dim=-1)
@@ -49,10 +49,11 @@ class _CausalBlock(nn.Module):
         Lq, h = q.shape[1], self.num_heads
         q = q.reshape(b, Lq, h, d // h).transpose(1, 2)  # [B, h, Lq, d/h]
         k, v = (t.reshape(b, L, h, d // h).transpose(1, 2) for t in (k, v))  # [B, h, L, d/h]
-        if self.training and self.dropout_rate > 0:
-            a = attention_with_dropout(q, k, v, allowed, self.dropout_rate)
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        p = self.dropout_rate if self.training else 0.0
+        if p > 0 and x.device.type == "cpu":
+            a = attention_with_dropout(q, k, v, allowed, p)
+        else:  # inference, or a GPU's fused kernels (their dropout included)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
         x = x + self.dropout(self.attn_out(a.transpose(1, 2).reshape(b, Lq, d)))
         return x + self.dropout(self.ffn(self.ln_ffn(x)))
 
