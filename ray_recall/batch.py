@@ -24,7 +24,6 @@ ad-hoc histories. Training, evaluation, embedding and serving all build their us
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 USER = "user_id"
 HIST = "hist"
@@ -143,6 +142,8 @@ def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len:
     something else than the dense user id (a table of a batch's rows, `SequenceTable.of_rows`)."""
     users = np.array(users, dtype=np.int64)  # a copy: the caller's array may be read-only (pandas, Arrow)
     hist, hist_len = seqs.windows(users, pos, max_len)
+    import torch  # here, not at the top: the data stage's workers build sequences without torch
+
     ids = users if user_ids is None else np.array(user_ids, dtype=np.int64)
     out = {USER: torch.from_numpy(ids), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(hist_len)}
     if seqs.times is not None:
@@ -163,6 +164,8 @@ def pad_histories(histories: list[np.ndarray], max_len: int, users: np.ndarray |
         hist[row, :len(h)] = h
         lengths[row] = len(h)
     users = np.zeros(len(histories), dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
+    import torch
+
     return {USER: torch.from_numpy(users), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(lengths)}
 
 

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
 import yaml
 
 from ray_recall.batch import SequenceTable
@@ -135,6 +134,8 @@ class IndexFiles:
 
 
 def tensor_bytes(obj: dict) -> bytes:
+    import torch  # here, not at the top: the data stage's workers read and write run files without torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -144,6 +145,8 @@ def load_tensors(data: bytes | str, source: str) -> dict:
     """torch.load with weights_only=True: tensors and plain Python values only; anything else is refused.
 
     `data`: the file's bytes, or the path of a local file (read in place, memory-mapped: no second copy)."""
+    import torch
+
     try:
         if isinstance(data, str):
             return torch.load(data, map_location="cpu", weights_only=True, mmap=True)
@@ -493,6 +496,8 @@ def stage_hash(cfg: PipelineConfig, stage: str) -> str:
 def write_checkpoint_dir(local_dir: str, model: ModelFile, optimizer: dict, epoch: int, history: list[dict]) -> None:
     """The files of one training checkpoint, in a local directory that Ray Train then persists. Saved straight
     to the file: a large item table and its optimizer moments are not copied into memory on the way."""
+    import torch
+
     torch.save({**model.to_dict(), "optimizer": optimizer, "epoch": epoch, "history": history},
                os.path.join(local_dir, "model.pt"))
     with open(os.path.join(local_dir, "history.json"), "w") as f:

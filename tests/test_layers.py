@@ -52,3 +52,12 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     out = _lint(str(tmp_path))
     assert out.returncode != 0
     assert "ray_recall.models.dssm -> ray_recall.pipeline" in out.stdout, out.stdout[-3000:]
+
+
+def test_the_data_stage_runs_without_torch():
+    """The preprocess stage (what Ray Data's workers import to build sequences) does not load torch: a worker
+    process would pay ~1.6 s and a few hundred MB for it, per process."""
+    code = ("import sys, ray_recall.stages.preprocess, ray_recall.rundir, ray_recall.batch\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('ray_recall'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
