@@ -53,7 +53,7 @@ from ray_recall.errors import ConfigError
 from ray_recall.pipeline import check_config, run_stage
 from ray_recall.rundir import RunDir
 from ray_recall.storage import Storage
-from ray_recall.tracking import ENV_SWITCH, RUN_DIR_TAG, tracked
+from ray_recall.tracking import CLOSED_AS_TAG, ENV_SWITCH, RUN_DIR_TAG, tracked
 
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 # name -> (number of arguments, what they must be)
@@ -380,7 +380,8 @@ def _close_children(parent, trials: list[dict]) -> None:
 
     Tune stops a trial as soon as its scheduler says so, which at the last epoch races the trial's own end: a
     trial killed there leaves its run RUNNING, one stopped by raising into it has it FAILED by the tracker on
-    the way out, even after it wrote its model (seen in clean-clone runs of the search test).
+    the way out, even after it wrote its model (seen in clean-clone runs of the search test), and that way out
+    may still be under way: the tracker then restores the status tagged here (`Tracker.finish`).
     """
     by_dir = {t["run_dir"]: t for t in trials}
     runs = parent.client.search_runs([parent.experiment_id],
@@ -390,8 +391,9 @@ def _close_children(parent, trials: list[dict]) -> None:
         if trial is not None and trial["status"] == "error":
             continue
         if r.info.status == "RUNNING" or (r.info.status == "FAILED" and trial is not None):
-            done = trial is not None and trial["status"] == "finished"
-            parent.client.set_terminated(r.info.run_id, status="FINISHED" if done else "KILLED")
+            status = "FINISHED" if trial is not None and trial["status"] == "finished" else "KILLED"
+            parent.client.set_tag(r.info.run_id, CLOSED_AS_TAG, status)  # first: see Tracker.finish
+            parent.client.set_terminated(r.info.run_id, status=status)
 
 
 def load_space(path: str) -> dict:

@@ -74,3 +74,29 @@ def test_uri_resolution_and_names(tmp_path, monkeypatch):
     assert resolve_uri(None, str(tmp_path)) == "http://env:5000"
     assert metric_name("val_recall@10") == "val_recall_at_10"
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "s"}) == {"a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "s"}
+
+
+def test_a_failing_trial_run_yields_to_the_status_its_search_gave(tmp_path):
+    """A search closes a trial's run (tag, then status) while the trial is on its way out: whichever writes
+    last, the run ends with the search's status, not the tracker's FAILED."""
+    from ray_recall.tracking import CLOSED_AS_TAG, Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # The search has tagged the run but not yet written its status when the trial fails: the trial still sees
+    # RUNNING, writes FAILED, then finds the tag.
+    trial = Tracker.start(uri, "search", "trial 1")
+    trial.client.set_tag(trial.run_id, CLOSED_AS_TAG, "KILLED")
+    trial.finish(False)
+    assert trial.client.get_run(trial.run_id).info.status == "KILLED"
+    # The search's status already written: the trial leaves it.
+    trial = Tracker.start(uri, "search", "trial 2")
+    trial.client.set_tag(trial.run_id, CLOSED_AS_TAG, "FINISHED")
+    trial.client.set_terminated(trial.run_id, status="FINISHED")
+    trial.finish(False)
+    assert trial.client.get_run(trial.run_id).info.status == "FINISHED"
+    # No search: a failure is FAILED, a success FINISHED.
+    failed, done = Tracker.start(uri, "search", "alone"), Tracker.start(uri, "search", "ok")
+    failed.finish(False)
+    done.finish(True)
+    assert failed.client.get_run(failed.run_id).info.status == "FAILED"
+    assert done.client.get_run(done.run_id).info.status == "FINISHED"
