@@ -140,10 +140,10 @@ def user_batch(seqs: SequenceTable, users: np.ndarray, pos: np.ndarray, max_len:
     """The user side of a batch: users [B] (rows of `seqs`) with their history before pos [B] (the last max_len
     items, and their timestamps when the table has them). USER is `user_ids` [B] when `seqs` is indexed by
     something else than the dense user id (a table of a batch's rows, `SequenceTable.of_rows`)."""
-    users = np.array(users, dtype=np.int64)  # a copy: the caller's array may be read-only (pandas, Arrow)
-    hist, hist_len = seqs.windows(users, pos, max_len)
     import torch  # here, not at the top: the data stage's workers build sequences without torch
 
+    users = np.array(users, dtype=np.int64)  # a copy: the caller's array may be read-only (pandas, Arrow)
+    hist, hist_len = seqs.windows(users, pos, max_len)
     ids = users if user_ids is None else np.array(user_ids, dtype=np.int64)
     out = {USER: torch.from_numpy(ids), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(hist_len)}
     if seqs.times is not None:
@@ -157,6 +157,8 @@ def pad_histories(histories: list[np.ndarray], max_len: int, users: np.ndarray |
     right-padded with 0 to the longest of them (at least 1), not to max_len: no model's user vector depends on
     the padding's width (tests/test_models.py), and a 20-item history then costs 20 positions, not max_len.
     Users default to 0 (a user the run does not know)."""
+    import torch
+
     histories = [np.asarray(h, dtype=np.int64)[-max_len:] for h in histories]
     hist = np.zeros((len(histories), max([1] + [len(h) for h in histories])), dtype=np.int64)
     lengths = np.zeros(len(histories), dtype=np.int64)
@@ -164,8 +166,6 @@ def pad_histories(histories: list[np.ndarray], max_len: int, users: np.ndarray |
         hist[row, :len(h)] = h
         lengths[row] = len(h)
     users = np.zeros(len(histories), dtype=np.int64) if users is None else np.asarray(users, dtype=np.int64)
-    import torch
-
     return {USER: torch.from_numpy(users), HIST: torch.from_numpy(hist), HIST_LEN: torch.from_numpy(lengths)}
 
 
