@@ -86,8 +86,9 @@ def breakdown(cfg_dict: dict, over: dict, steps: int) -> dict:
         t0 = time.perf_counter()
         chunk = builder(rows.take(order[i:i + tr.rows_per_chunk]))
         t["build"] += time.perf_counter() - t0
-        built += len(next(iter(chunk.values())))
-        for batch in split_batches(chunk, per):
+        batches = list(split_batches(chunk, per))
+        built += len(batches)
+        for batch in batches:
             t0 = time.perf_counter()
             loss, k = batch_loss(model, batch, cfg.train, tr.tables)
             t1 = time.perf_counter()
@@ -104,7 +105,7 @@ def breakdown(cfg_dict: dict, over: dict, steps: int) -> dict:
                 break
         if n >= steps:
             break
-    t["build"] *= n * per / built  # a chunk's build, charged to the steps it feeds
+    t["build"] *= n / built  # a chunk's build, charged to the steps it feeds
     ms = {k: 1000 * v / n for k, v in t.items()}
     return {"ms": ms, "targets_per_step": targets / n, "per_core": targets / n / (sum(ms.values()) / 1000)}
 

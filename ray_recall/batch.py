@@ -14,6 +14,14 @@ A training batch is a dict of tensors (numpy arrays before collation):
     NEG_SEEN   [B, N]   bool     with shared negatives: True where NEG is one of the row's user's own items
                                  (masked in the loss instead of redrawn)
 
+Packed all-position rows (train.pack, models with `packable`) hold several windows one after the other:
+
+    HIST_SEG   [B, L]   int64    the window each position belongs to (-1 at padding): a position attends
+                                 only to earlier positions of its own window
+    HIST_POS   [B, L]   int64    each position's index within its window (its position embedding)
+
+Their NEG rows are never one of the positives of any user whose window the row holds.
+
 An item batch is {ITEM: int64 tensor of any shape}.
 
 `SequenceTable` holds every user's time-ordered items (the run directory's data/sequences as CSR
@@ -33,6 +41,9 @@ POS = "pos_item"
 NEG = "neg_items"
 NEG_SEEN = "neg_seen"
 NEG_POOL = "neg_pool"  # a built chunk's shared negatives, one row per batch [ceil(B / batch size), N]
+HIST_SEG = "hist_seg"
+HIST_POS = "hist_pos"
+BATCH_END = "batch_end"  # a packed chunk's batch boundaries: batch i is rows [BATCH_END[i - 1], BATCH_END[i])
 ITEM = "item_id"
 
 

@@ -195,6 +195,11 @@ class TrainConfig(_Section):
     """all_positions: batch windows of about the same length (sorted within a chunk of ~16k windows, batches in
     random order), so that cutting each batch to its longest window saves compute; off by default: SASRec on
     MovieLens-100K reached validation Recall@10 0.2375 with it, 0.2524 without (benchmarks/scale_train.md)"""
+    pack: StrictBool = True
+    """all_positions, models that can (sasrec, hstu): lay each batch's windows one after another into shared rows,
+    each attending only to itself, so that a step computes few padding positions (the same windows a batch, the
+    same states; a row's negatives are shared by its windows). Not with in-batch or shared negatives, nor
+    length_buckets (then off)"""
     softmax: Literal["sampled", "full"] = "sampled"
     """list-wise: sampled (against sampled and/or in-batch negatives) | full (the exact softmax over every item,
     in chunks of bounded memory; no negatives are sampled)"""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ray_recall.batch import positions_within
 from ray_recall.config import resolve_sampler
 
 
@@ -85,3 +86,30 @@ class NegativeSampler:
             raise ValueError(f"cannot draw a negative for dense user {user}: after {self.max_rounds} rounds every draw "
                              "was one of the user's own items (the user has interacted with nearly every sampleable item)")
         return out
+
+    def sample_shared(self, owners: np.ndarray, row_of: np.ndarray, n: int, rng: np.random.Generator,
+                      positive_keys: np.ndarray | None = None) -> np.ndarray:
+        """Rows owned by several users (a packed row's windows) -> [R, n] item ids, none of them a positive of any
+        of its row's owners. owners [S] users, row_of [S] their rows (non-decreasing, every row 0..R-1 owned)."""
+        owners, row_of = np.asarray(owners, dtype=np.int64), np.asarray(row_of, dtype=np.int64)
+        first = np.flatnonzero(np.r_[True, row_of[1:] != row_of[:-1]]) if len(row_of) else np.zeros(0, np.int64)
+        count = np.diff(np.r_[first, len(row_of)])  # owners per row
+        out = self.draw((len(first), n), rng)
+        # Every (row, column) checked against each of its row's owners: flat (owner, item) pairs, OR-reduced per cell.
+        cells = np.arange(out.size)
+        for _ in range(self.max_rounds + 1):
+            r = cells // n
+            reps = count[r]
+            who = np.repeat(first[r], reps) + positions_within(reps)
+            hit = self.is_positive(owners[who], np.repeat(out.reshape(-1)[cells], reps), positive_keys)
+            bad = cells[np.logical_or.reduceat(hit, np.r_[0, np.cumsum(reps)[:-1]])] if len(cells) else cells
+            if not len(bad):
+                return out
+            if _ == self.max_rounds:
+                break
+            out.reshape(-1)[bad] = self.draw(len(bad), rng)
+            cells = bad
+        user = int(owners[first[bad[0] // n]])
+        raise ValueError(f"cannot draw a negative for dense user {user}: after {self.max_rounds} rounds every draw "
+                         "was one of the positives of its row's users (they have interacted with nearly every "
+                         "sampleable item)")

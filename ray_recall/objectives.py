@@ -115,6 +115,53 @@ def listwise_loss(user, pos, neg, *, temperature: float = 1.0, neg_logq=None, in
     return softmax_from_scores(pos_score, sets, temperature=temperature, reduction=reduction)
 
 
+class _WindowSampledSoftmax(torch.autograd.Function):
+    """sum over positions of weight * (-log softmax over {target} and the row's sampled negatives), in one pass
+    over the [E, L, N] logits each way (see `window_sampled_softmax`)."""
+
+    @staticmethod
+    def forward(ctx, user, pos, neg, logq, weight, inv_t: float):
+        neg_t = neg.transpose(1, 2)  # [E, D, N]
+        if logq is None:
+            logits = torch.bmm(user, neg_t).mul_(inv_t)
+        else:  # s / T - log(n q): the correction is added by the product's own write
+            logits = torch.baddbmm(logq[:, None, :], user, neg_t, beta=-1.0, alpha=inv_t)
+        pos_s = (user * pos).sum(-1) * inv_t  # [E, L]
+        top = torch.maximum(logits.amax(-1), pos_s)  # [E, L]
+        e = logits.sub_(top[..., None]).exp_()  # [E, L, N], in place: exp(logit - top)
+        e_pos = torch.exp(pos_s - top)
+        z = e.sum(-1) + e_pos
+        ctx.save_for_backward(user, pos, neg, e, e_pos, z, weight)
+        ctx.inv_t = inv_t
+        return ((top + torch.log(z) - pos_s) * weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        user, pos, neg, e, e_pos, z, weight = ctx.saved_tensors
+        inv_t = ctx.inv_t
+        w = grad * weight / z  # [E, L]
+        g = e.mul_(w[..., None])  # d loss / d logit, in place over the saved exponentials (backward runs once)
+        g_pos = (e_pos * w - grad * weight)[..., None]  # d loss / d pos_s: p_target - 1, weighted
+        grad_user = torch.baddbmm(g_pos * pos, g, neg, beta=inv_t, alpha=inv_t)
+        grad_neg = torch.bmm(g.transpose(1, 2), user).mul_(inv_t)
+        return grad_user, g_pos * user * inv_t, grad_neg, None, None, None
+
+
+def window_sampled_softmax(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, neg_logq: torch.Tensor | None,
+                           weight: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+    """The list-wise sampled softmax of rows whose positions share one draw of negatives, fused.
+
+    user, pos [E, L, D] (the state and target item at each position of a row), neg [E, N, D] (the row's
+    negatives), neg_logq [E, N] or None (their correction, log n q), weight [E, L] (0 for a position not
+    scored) -> sum over positions of weight * (logsumexp(pos/T, neg/T - logq) - pos/T). Equals
+    `softmax_from_scores` on the scored positions (the weights 1/M give its mean) without gathering them:
+    one [E, L, N] tensor is written by the product, exponentiated in place and kept for backward, where
+    the gather, correction, concatenation and log-softmax of the generic path each pass over it.
+    A position with weight 0 must have finite inputs (its gradient is 0).
+    """
+    return _WindowSampledSoftmax.apply(user, pos, neg, neg_logq, weight, 1.0 / temperature)
+
+
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     """-log softmax(user @ items^T / T)[target], exactly, visiting the items in chunks in both passes.
 

@@ -84,6 +84,11 @@ def test_all_position_loss_equals_the_per_prefix_loss(name, mode, softmax, in_ba
     per_prefix = listwise_loss(out_prefix["user"][:, 0], out_prefix["pos"][:, 0], out_prefix["neg"], temperature=0.2,
                                reduction="none")
     torch.testing.assert_close(per_position, per_prefix, rtol=1e-5, atol=1e-5)
+    if (mode, softmax, in_batch) == ("listwise", "sampled", False):  # batch_loss's fused path = the generic softmax
+        u, p, n = out_all["user"][valid], out_all["pos"][valid], out_all["neg"][rows]
+        logq = tables.log_expected(window[B.NEG], n.shape[1], 0)[rows]
+        generic = softmax_from_scores((u * p).sum(-1), [(torch.einsum("md,mnd->mn", u, n), logq, None)], temperature=0.2)
+        torch.testing.assert_close(loss_all, generic, rtol=1e-6, atol=1e-6)
 
 
 def test_chunked_full_softmax_equals_the_unchunked_one():

@@ -49,11 +49,14 @@ class RecallModel(nn.Module, metaclass=_ModelType):
         causal: the user state at each position depends only on the items up to it; the model then
             implements `encode_sequence` ([B, L, D], every position's state in one pass), which all-position
             training scores against every next item, and `encode_user` is its state after the last item.
+        packable: a causal model that reads HIST_SEG and HIST_POS (ray_recall.batch), so that training may pack
+            several windows into one row, each attending only to itself.
         modes: the training modes the model is meant for.
     """
 
     multi_interest: ClassVar[bool] = False
     causal: ClassVar[bool] = False
+    packable: ClassVar[bool] = False
     sparse_safe: ClassVar[bool] = True  # every id table is used through its module call, so it may be sparse
     modes: ClassVar[tuple[str, ...]] = MODES
     registry_name: ClassVar[str]  # set by @register_model

@@ -22,7 +22,8 @@ from torch import nn
 
 from ray_recall import batch as B
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import Dropout, item_table, length_mask, take_at
+from ray_recall.models.layers import (Dropout, causal_attention_mask, item_table, length_mask, position_embedding,
+                                      take_at)
 from ray_recall.models.registry import register_model
 from ray_recall.schema import DataSchema
 
@@ -86,7 +87,7 @@ class HSTU(RecallModel):
     """
 
     causal = True
-
+    packable = True
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_blocks: int = 2, num_heads: int = 1,
                  attention_dim: int = 0, linear_dim: int = 0, dropout_rate: float = 0.2, time_buckets: int = 64,
                  normalize: bool = True):
@@ -144,10 +145,9 @@ class HSTU(RecallModel):
         if L > self.max_len:
             raise ValueError(f"hstu: history length {L} exceeds the positional table ({self.max_len} = the schema's max_len)")
         mask = length_mask(hist_len, L)  # [B, L]
-        x = (self.item_emb(hist) * math.sqrt(self.embedding_dim) + self.pos_emb.weight[:L]) * mask.unsqueeze(-1)
-        x = self.emb_dropout(x)
-        causal = torch.ones(L, L, dtype=torch.bool, device=hist.device).tril()
-        allowed = (causal[None] & mask[:, None, :]).unsqueeze(1).to(x.dtype)  # [B, 1, L, L]
+        x = self.item_emb(hist) * math.sqrt(self.embedding_dim) + position_embedding(self.pos_emb.weight, batch, L)
+        x = self.emb_dropout(x * mask.unsqueeze(-1))
+        allowed = causal_attention_mask(batch, mask).unsqueeze(1).to(x.dtype)  # [B, 1, L, L]
         bias = self._bias(batch, L).to(x.dtype)
         for i, block in enumerate(self.blocks):
             x = block(x, allowed, bias, last if i == len(self.blocks) - 1 else None)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ray_recall.batch import HIST_POS, HIST_SEG
 from ray_recall.schema import DataSchema
 
 
@@ -23,6 +24,25 @@ def item_table(num_items: int, dim: int, std: float | None = None) -> nn.Embeddi
 def length_mask(hist_len: torch.Tensor, max_len: int) -> torch.Tensor:
     """[B] lengths -> [B, L] bool, True at real (non-padding) positions."""
     return torch.arange(max_len, device=hist_len.device)[None, :] < hist_len[:, None]
+
+
+def causal_attention_mask(batch: dict, mask: torch.Tensor) -> torch.Tensor:
+    """[B, L, L] bool, True where position i may attend to position j: j <= i, j real (`mask` [B, L]), and in
+    packed rows (HIST_SEG) j in i's own window. A packed row's padding attends to itself (never an empty row)."""
+    L = mask.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=mask.device).tril()
+    seg = batch.get(HIST_SEG)
+    if seg is None:
+        return causal[None] & mask[:, None, :]
+    seg = seg[:, :L]
+    return causal[None] & (seg[:, :, None] == seg[:, None, :])
+
+
+def position_embedding(table: torch.Tensor, batch: dict, L: int) -> torch.Tensor:
+    """A learned position table [max_len, D] -> [L, D] (positions 0..L-1), or [B, L, D] for packed rows, each
+    position's index within its own window (HIST_POS)."""
+    positions = batch.get(HIST_POS)
+    return table[:L] if positions is None else table[positions[:, :L]]
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,8 @@ from torch import nn
 from ray_recall import batch as B
 from ray_recall.schema import DataSchema
 from ray_recall.models.base import RecallModel
-from ray_recall.models.layers import Dropout, dropout, item_table, length_mask, take_at
+from ray_recall.models.layers import (Dropout, causal_attention_mask, dropout, item_table, length_mask,
+                                      position_embedding, take_at)
 from ray_recall.models.registry import register_model
 
 
@@ -78,7 +79,7 @@ class SASRec(RecallModel):
     """
 
     causal = True
-
+    packable = True
 
     def __init__(self, schema: DataSchema, embedding_dim: int = 64, *, num_blocks: int = 2, num_heads: int = 1,
                  dropout_rate: float = 0.2, normalize: bool = True):
@@ -110,13 +111,12 @@ class SASRec(RecallModel):
             raise ValueError(f"sasrec: history length {L} exceeds the positional table ({self.max_len} = the schema's max_len)")
         mask = length_mask(hist_len, L)  # [B, L]
         # Padded inputs are zeroed so the ids stored there cannot reach any output.
-        x = (self.item_emb(hist) + self.pos_emb.weight[:L]) * mask.unsqueeze(-1)  # [B, L, D]
+        x = (self.item_emb(hist) + position_embedding(self.pos_emb.weight, batch, L)) * mask.unsqueeze(-1)  # [B, L, D]
         x = self.emb_dropout(x)
-        causal = torch.ones(L, L, dtype=torch.bool, device=hist.device).tril()
         # Key 0 always stays visible so a query never has an empty row (softmax of nothing is NaN);
         # for real queries it is a real item, for an empty history the result is never used.
         keys = mask | (torch.arange(L, device=hist.device) == 0)
-        allowed = (causal[None] & keys[:, None, :]).unsqueeze(1)  # [B, 1, L, L]
+        allowed = causal_attention_mask(batch, keys).unsqueeze(1)  # [B, 1, L, L]
         for i, block in enumerate(self.blocks):
             x = block(x, allowed, last if i == len(self.blocks) - 1 else None)
         return self.output(self.ln_out(x))  # [B, L, D] or [B, 1, D]

@@ -42,17 +42,22 @@ def split_batches(chunk: dict[str, torch.Tensor], batch_size: int):
 
     All-position batches (POS [E, L]) are cut to their longest window: the inputs are right-padded and the
     encoders causal, so the columns past it are padding on every row and change no output.
-    A chunk with shared negatives (`NEG_POOL` [batches, N]) gives its i-th batch NEG = NEG_POOL[i:i+1].
+    A chunk with shared negatives (`NEG_POOL` [batches, N]) gives its i-th batch NEG = NEG_POOL[i:i+1]; a packed
+    chunk (`BATCH_END`) gives the rows each run of `batch_size` windows was packed into.
     """
-    pool = chunk.get(B.NEG_POOL)
-    for i, start in enumerate(range(0, len(chunk[B.USER]), batch_size)):
-        batch = {k: v[start:start + batch_size] for k, v in chunk.items() if k != B.NEG_POOL}
+    pool, ends = chunk.get(B.NEG_POOL), chunk.get(B.BATCH_END)
+    if ends is not None:  # packed: batch i is the rows its windows were packed into
+        bounds = list(zip([0, *ends[:-1].tolist()], ends.tolist()))
+    else:
+        bounds = [(start, start + batch_size) for start in range(0, len(chunk[B.USER]), batch_size)]
+    for i, (start, stop) in enumerate(bounds):
+        batch = {k: v[start:stop] for k, v in chunk.items() if k not in (B.NEG_POOL, B.BATCH_END)}
         if pool is not None:
             batch[B.NEG] = pool[i:i + 1]
         if batch[B.POS].dim() == 2 and len(batch[B.POS]):
             width = int(batch[B.HIST_LEN].max())
             if width < batch[B.HIST].shape[1]:
-                for key in (B.HIST, B.HIST_TIME, B.POS):
+                for key in (B.HIST, B.HIST_TIME, B.POS, B.HIST_SEG, B.HIST_POS):
                     if key in batch:
                         batch[key] = batch[key][:, :width]
         yield batch
@@ -92,6 +97,36 @@ def window_starts(m: np.ndarray, max_len: int, window: str,
     return row, start, np.minimum(targets[row] - start, max_len)
 
 
+def pack_windows(lengths: np.ndarray, width: int, group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows' lengths [W], in batch order -> (row [W], offset [W], ends [G]): each consecutive run of `group`
+    windows (one batch) laid one after another into rows of `width` positions, first-fit decreasing, so that a
+    batch's positions are nearly all targets. Window w occupies row[w], positions offset[w]..offset[w] + len - 1;
+    the runs' rows are numbered across the chunk, run g's end at ends[g]. A full window fills a row alone.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    row, offset, ends = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64), []
+    rows = 0
+    for s in range(0, len(lengths), group):
+        lens = lengths[s:s + group]
+        full = np.flatnonzero(lens >= width)
+        row[s + full] = rows + np.arange(len(full))
+        rows += len(full)
+        fill: list[int] = []  # positions used in each of this run's shared rows
+        for i in np.flatnonzero(lens < width)[np.argsort(-lens[lens < width], kind="stable")].tolist():
+            n = int(lens[i])
+            for r, used in enumerate(fill):
+                if used + n <= width:
+                    break
+            else:
+                r = len(fill)
+                fill.append(0)
+            row[s + i], offset[s + i] = rows + r, fill[r]
+            fill[r] += n
+        rows += len(fill)
+        ends.append(rows)
+    return row, offset, np.asarray(ends, dtype=np.int64)
+
+
 class SequenceBatchBuilder(ArrowBatchCollateFn):
     """collate_fn for `iter_torch_batches` over sequence rows: a chunk of users -> their training examples.
 
@@ -101,10 +136,13 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
     windows so that each run of that many has windows of about the same length (`by_length`).
     `shared_batches`: the batch size the chunk will be cut into, for one draw of negatives per batch
     (NEG_POOL [ceil(E / shared_batches), N] and NEG_SEEN [E, N] instead of NEG); 0 = a draw per row.
+    `pack_batches` (all positions): the batch size, in windows, whose windows are packed into shared rows
+    (`pack_windows`; HIST_SEG, HIST_POS and BATCH_END, one draw of negatives per row).
     """
 
     def __init__(self, sampler: NegativeSampler, max_len: int, num_negatives: int, seed: int, epoch: int,
-                 targets: str = "per_prefix", window: str = "tile", length_batches: int = 0, shared_batches: int = 0):
+                 targets: str = "per_prefix", window: str = "tile", length_batches: int = 0, shared_batches: int = 0,
+                 pack_batches: int = 0):
         if targets not in ("per_prefix", "all_positions"):
             raise ValueError(f"targets must be per_prefix or all_positions, got {targets!r}")
         super().__init__()
@@ -112,6 +150,7 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
         self.seed, self.epoch, self.targets, self.window = seed, epoch, targets, window
         self.length_batches = length_batches if targets == "all_positions" else 0  # batch size for `by_length`; 0 = off
         self.shared_batches = shared_batches
+        self.pack_batches = pack_batches if targets == "all_positions" and not shared_batches else 0
 
     def __call__(self, rows: pa.Table) -> dict[str, torch.Tensor]:
         users = rows.column("user_idx").to_numpy().astype(np.int64)
@@ -140,6 +179,8 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
                B.HIST_LEN: torch.from_numpy(hist_len.astype(np.int64)), B.POS: torch.from_numpy(target)}
         if local.times is not None:
             out[B.HIST_TIME] = torch.from_numpy(local.slices(row, start, hist_len, L, local.times))
+        if self.pack_batches:
+            return self._packed(out, users[row], own, rng)
         if self.num_negatives and self.shared_batches:
             size = self.shared_batches
             pool = self.sampler.draw((-(-len(row) // size), self.num_negatives), rng)
@@ -152,6 +193,36 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
             out[B.NEG] = torch.from_numpy(self.sampler.sample(users[row], self.num_negatives, rng, own))
         else:
             out[B.NEG] = torch.zeros((len(row), 0), dtype=torch.int64)
+        return out
+
+
+    def _packed(self, windows: dict[str, torch.Tensor], owners: np.ndarray, own: np.ndarray,
+                rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """The chunk's windows (in batch order, owners [W] their users) laid into packed rows."""
+        L, hist_len = self.max_len, windows[B.HIST_LEN].numpy()
+        row, offset, ends = pack_windows(hist_len, L, self.pack_batches)
+        R = int(ends[-1]) if len(ends) else 0
+        w, t = np.nonzero(np.arange(L)[None, :] < hist_len[:, None])  # every real position, window by window
+        dest = row[w] * L + offset[w] + t
+
+        def place(values: np.ndarray, fill) -> torch.Tensor:
+            flat = np.full(R * L, fill, dtype=values.dtype)
+            flat[dest] = values[w, t] if values.ndim == 2 else values
+            return torch.from_numpy(flat.reshape(R, L))
+
+        out = {key: place(windows[key].numpy(), 0) for key in (B.HIST, B.POS, B.HIST_TIME) if key in windows}
+        out[B.HIST_SEG], out[B.HIST_POS] = place(w, -1), place(t, 0)
+        out[B.HIST_LEN] = torch.from_numpy(np.bincount(row, weights=hist_len, minlength=R).astype(np.int64))
+        user = np.zeros(R, dtype=np.int64)
+        user[row] = owners  # a row's user: one of its windows' (the loss of packed rows never reads it)
+        out[B.USER] = torch.from_numpy(user)
+        by_row = np.argsort(row, kind="stable")
+        if self.num_negatives:
+            out[B.NEG] = torch.from_numpy(self.sampler.sample_shared(owners[by_row], row[by_row], self.num_negatives,
+                                                                     rng, own))
+        else:
+            out[B.NEG] = torch.zeros((R, 0), dtype=torch.int64)
+        out[B.BATCH_END] = torch.from_numpy(ends)
         return out
 
 

@@ -58,6 +58,8 @@ class Trainer:
         sparse_min = {"on": 1, "off": None}.get(tc.sparse_embeddings, None if tc.use_gpu else SPARSE_MIN_ROWS)
         self.optimizer = Optimizers(self.model, tc, sparse_min)
         self.targets = resolve_targets(tc, cfg.model.name)
+        self.pack = (tc.pack and self.targets == "all_positions" and getattr(self.model, "packable", False)
+                     and not (tc.in_batch_negatives or tc.shared_negatives or tc.length_buckets))
         full = tc.mode == "listwise" and tc.softmax == "full"
         self.num_negatives = 0 if full else tc.num_negatives
         self.rows_per_chunk = rows_per_chunk(examples_per_user(self.meta, self.targets, self.schema.max_len, tc.window))
@@ -68,7 +70,7 @@ class Trainer:
         batch_size = batch_size or self.tc.batch_size
         return SequenceBatchBuilder(self.sampler, self.schema.max_len, self.num_negatives, self.tc.seed, epoch,
                                     self.targets, self.tc.window, batch_size if self.tc.length_buckets else 0,
-                                    batch_size if self.tc.shared_negatives else 0)
+                                    batch_size if self.tc.shared_negatives else 0, batch_size if self.pack else 0)
 
     def step(self, model, batch: dict, weight: float = 1.0, gather=None) -> tuple[float, int]:
         """One gradient step (`model` may be DDP-wrapped); weight 0 = a step that only keeps DDP in step."""

@@ -24,7 +24,8 @@ import torch
 
 from ray_recall import batch as B
 from ray_recall.config import TrainConfig
-from ray_recall.objectives import full_softmax_loss, pairwise_from_scores, pointwise_from_scores, softmax_from_scores
+from ray_recall.objectives import (full_softmax_loss, pairwise_from_scores, pointwise_from_scores, softmax_from_scores,
+                                   window_sampled_softmax)
 
 
 @dataclass
@@ -66,9 +67,20 @@ def batch_loss(model, batch: dict[str, torch.Tensor], tc: TrainConfig, tables: I
     user, pos, neg = out["user"].float(), out["pos"].float(), out["neg"].float()  # the loss in fp32 either way
     targets = batch[B.POS] if batch[B.POS].dim() == 2 else batch[B.POS][:, None]  # [E, T]
     valid = targets > 0
+    T = tc.temperature
+    if tc.mode == "listwise" and not full and B.NEG_SEEN not in batch and not tc.in_batch_negatives and neg.shape[1]:
+        # Each row's own draw and no other candidates: the fused loss over [E, T, N], no gather of the scored
+        # positions (the same value as below). Unscored positions are zeroed: an encoder's padding states may be anything.
+        count = int(valid.sum())
+        logq = tables.log_expected(batch[B.NEG], neg.shape[1], 0) if tc.logq_correction else None
+        loss = window_sampled_softmax(user.masked_fill(~valid[..., None], 0.0), pos, neg, logq,
+                                      valid.to(user.dtype) / max(count, 1), temperature=T)
+        if tc.embedding_l2 > 0:
+            loss = loss + tc.embedding_l2 * (user[valid].pow(2).sum() + pos[valid].pow(2).sum()
+                                             + neg.pow(2).sum()) / max(count, 1)
+        return loss, count
     u, p, tgt = user[valid], pos[valid], targets[valid]  # [M, D], [M, D], [M]
     rows = torch.arange(len(targets), device=targets.device)[:, None].expand_as(targets)[valid]  # [M]
-    T = tc.temperature
     if full:
         loss = full_softmax_loss(u, out["items"].float(), tgt, temperature=T)
     else:
