@@ -130,3 +130,23 @@ def test_unknown_sampler_lists_the_valid_ones():
         assert valid in str(e.value)
     with pytest.raises(ValueError, match="all zero"):
         sampling_weights(np.zeros(4), "word2vec")
+
+
+def test_positives_bitmap_and_sorted_keys_agree(monkeypatch):
+    """A chunk's positives as a bitmap (small) and as sorted keys (large): the same answers as the key search."""
+    import ray_recall.negatives as negatives
+
+    rng = np.random.default_rng(3)
+    users, items = rng.integers(1, 30, 400), rng.integers(1, NUM_ITEMS + 1, 400)
+    sampler = NegativeSampler(COUNTS, "uniform")
+    keys = sampler.positive_keys_of(users, items)
+    q_users, q_items = rng.integers(0, 35, (50, 1)), rng.integers(1, NUM_ITEMS + 1, (50, 7))  # some users unknown
+    want = sampler.is_positive(q_users[:, 0], q_items, keys)
+    bitmap = sampler.positives_of(users, items)
+    assert bitmap.bitmap is not None and len(bitmap) == len(keys)
+    np.testing.assert_array_equal(sampler.is_positive(q_users[:, 0], q_items, bitmap), want)
+    monkeypatch.setattr(negatives, "BITMAP_MAX_CELLS", 10)
+    searched = sampler.positives_of(users, items)
+    assert searched.bitmap is None and len(searched) == len(keys)
+    np.testing.assert_array_equal(sampler.is_positive(q_users[:, 0], q_items, searched), want)
+    assert want.any() and not want.all()

@@ -107,7 +107,8 @@ class RecallModel(nn.Module, metaclass=_ModelType):
             unique, inverse = torch.unique(torch.cat([targets.reshape(-1), neg_ids.reshape(-1)]), return_inverse=True)
             # split, not two slices: its backward joins the two gradients, where slices' each fill a zero
             # copy of the whole [T + N, D] and add them (~4 ms of a 76 ms SASRec step; the same sums).
-            pos, neg = self.encode_item({B.ITEM: unique})[inverse].split([targets.numel(), neg_ids.numel()])
+            # index_select, not [inverse]: its backward adds the rows (index_add_) where indexing's sorts them first.
+            pos, neg = self.encode_item({B.ITEM: unique}).index_select(0, inverse).split([targets.numel(), neg_ids.numel()])
             pos, neg = pos.reshape(*targets.shape, -1), neg.reshape(*neg_ids.shape, -1)
         out["user"] = self.user_for_target(batch, pos[:, 0])[:, None] if per_prefix else self.encode_sequence(batch)
         out["pos"], out["neg"] = pos, neg

@@ -42,7 +42,10 @@ def position_embedding(table: torch.Tensor, batch: dict, L: int) -> torch.Tensor
     """A learned position table [max_len, D] -> [L, D] (positions 0..L-1), or [B, L, D] for packed rows, each
     position's index within its own window (HIST_POS)."""
     positions = batch.get(HIST_POS)
-    return table[:L] if positions is None else table[positions[:, :L]]
+    if positions is None:
+        return table[:L]
+    positions = positions[:, :L]
+    return table.index_select(0, positions.reshape(-1)).view(*positions.shape, table.shape[1])
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -158,7 +158,7 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
         m = np.maximum(np.diff(local.offsets) - 2, 0)  # train-part lengths
         rng = np.random.default_rng([self.seed, self.epoch, int(users[0]) if len(users) else 0, len(users)])
         row_of, idx = train_part(local.offsets)
-        own = self.sampler.positive_keys_of(users[row_of], local.items[idx])  # the rows' own train-part items
+        own = self.sampler.positives_of(users[row_of], local.items[idx])  # the rows' own train-part items
         L = self.max_len
         if self.targets == "per_prefix":
             counts = np.maximum(m - 1, 0)
