@@ -19,6 +19,7 @@ Packed all-position rows (train.pack, models with `packable`) hold several windo
     HIST_SEG   [B, L]   int64    the window each position belongs to (-1 at padding): a position attends
                                  only to earlier positions of its own window
     HIST_POS   [B, L]   int64    each position's index within its window (its position embedding)
+    HIST_USER  [B, L]   int64    the user each position's window belongs to (0 at padding); USER [B] is one of them
 
 Their NEG rows are never one of the positives of any user whose window the row holds.
 
@@ -43,6 +44,7 @@ NEG_SEEN = "neg_seen"
 NEG_POOL = "neg_pool"  # a built chunk's shared negatives, one row per batch [ceil(B / batch size), N]
 HIST_SEG = "hist_seg"
 HIST_POS = "hist_pos"
+HIST_USER = "hist_user"
 BATCH_END = "batch_end"  # a packed chunk's batch boundaries: batch i is rows [BATCH_END[i - 1], BATCH_END[i])
 ITEM = "item_id"
 

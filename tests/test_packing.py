@@ -115,6 +115,9 @@ def test_a_packed_batch_holds_the_same_windows_and_no_owners_item_among_its_nega
         for r in range(len(b[B.HIST])):  # no negative is an item of any window's user in the row
             real = b[B.HIST_SEG][r] >= 0
             owners = {(int(item) - 1) // 30 + 1 for item in b[B.HIST][r][real].tolist()}  # the block names the user
+            # Each position's HIST_USER is its window's user (what a worker records as the users it trained on).
+            assert b[B.HIST_USER][r][real].tolist() == [(int(i) - 1) // 30 + 1 for i in b[B.HIST][r][real].tolist()]
+            assert (b[B.HIST_USER][r][~real] == 0).all() and int(b[B.USER][r]) in owners
             items = set().union(*(train_part[u] for u in owners))
             assert not set(b[B.NEG][r].tolist()) & items
             shared_rows += len(owners) > 1

@@ -57,7 +57,7 @@ def split_batches(chunk: dict[str, torch.Tensor], batch_size: int):
         if batch[B.POS].dim() == 2 and len(batch[B.POS]):
             width = int(batch[B.HIST_LEN].max())
             if width < batch[B.HIST].shape[1]:
-                for key in (B.HIST, B.HIST_TIME, B.POS, B.HIST_SEG, B.HIST_POS):
+                for key in (B.HIST, B.HIST_TIME, B.POS, B.HIST_SEG, B.HIST_POS, B.HIST_USER):
                     if key in batch:
                         batch[key] = batch[key][:, :width]
         yield batch
@@ -137,7 +137,7 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
     `shared_batches`: the batch size the chunk will be cut into, for one draw of negatives per batch
     (NEG_POOL [ceil(E / shared_batches), N] and NEG_SEEN [E, N] instead of NEG); 0 = a draw per row.
     `pack_batches` (all positions): the batch size, in windows, whose windows are packed into shared rows
-    (`pack_windows`; HIST_SEG, HIST_POS and BATCH_END, one draw of negatives per row).
+    (`pack_windows`; HIST_SEG, HIST_POS, HIST_USER and BATCH_END, one draw of negatives per row).
     """
 
     def __init__(self, sampler: NegativeSampler, max_len: int, num_negatives: int, seed: int, epoch: int,
@@ -211,7 +211,7 @@ class SequenceBatchBuilder(ArrowBatchCollateFn):
             return torch.from_numpy(flat.reshape(R, L))
 
         out = {key: place(windows[key].numpy(), 0) for key in (B.HIST, B.POS, B.HIST_TIME) if key in windows}
-        out[B.HIST_SEG], out[B.HIST_POS] = place(w, -1), place(t, 0)
+        out[B.HIST_SEG], out[B.HIST_POS], out[B.HIST_USER] = place(w, -1), place(t, 0), place(owners[w], 0)
         out[B.HIST_LEN] = torch.from_numpy(np.bincount(row, weights=hist_len, minlength=R).astype(np.int64))
         user = np.zeros(R, dtype=np.int64)
         user[row] = owners  # a row's user: one of its windows' (the loss of packed rows never reads it)

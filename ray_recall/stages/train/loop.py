@@ -195,7 +195,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if weight:
                 loss_sum[:2] += torch.tensor([loss * targets, targets], dtype=torch.float64)
                 if epoch == start_epoch:
-                    shard_users.append(np.unique(batch[B.USER].cpu().numpy()))
+                    users = batch.get(B.HIST_USER, batch[B.USER]).cpu().numpy()  # packed rows: every window's user
+                    shard_users.append(np.unique(users[users > 0]) if B.HIST_USER in batch else np.unique(users))
             if say and time.perf_counter() - shown > 1.0:  # the driver's progress bar (on a terminal)
                 shown = time.perf_counter()
                 emit_progress(lines, f"[train] epoch {epoch + 1}/{tc.epochs}", int(loss_sum[1]) * world,
