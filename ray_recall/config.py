@@ -188,8 +188,9 @@ class TrainConfig(_Section):
     targets: Literal["auto", "all_positions", "per_prefix"] = "auto"
     """all_positions: a causal model (sasrec, gru4rec, hstu) scores every position of a window of the user's
     sequence in one pass; per_prefix: one history window per target; auto: all_positions for causal models"""
-    window: Literal["tile", "random", "last"] = "tile"
+    window: Literal["tile", "shifted", "random", "last"] = "tile"
     """all_positions: how a user's train part is cut into windows of max_len: tile (every target once per epoch)
+    | shifted (every target once per epoch, the tiling's boundaries moved by a fresh random offset each epoch)
     | random (one window per user, a fresh start each epoch) | last (the most recent window only)"""
     length_buckets: bool = False
     """all_positions: batch windows of about the same length (sorted within a chunk of ~16k windows, batches in

@@ -152,7 +152,7 @@ SEQS = [[3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25], [2, 4, 6], [8, 10, 12, 14,
 USERS = [7, 8, 9, 10]
 
 
-@pytest.mark.parametrize("window", ["tile", "last", "random"])
+@pytest.mark.parametrize("window", ["tile", "shifted", "last", "random"])
 def test_windows_cut_the_train_part_into_next_item_targets(window):
     sampler = NegativeSampler(np.ones(41), "uniform")
     out = SequenceBatchBuilder(sampler, 4, 6, seed=0, epoch=0, targets="all_positions", window=window)(_rows_table(SEQS, USERS))
@@ -168,7 +168,7 @@ def test_windows_cut_the_train_part_into_next_item_targets(window):
         assert not set(out[B.NEG][row].tolist()) & set(part)  # never one of the user's own items
         seen[u] += pos[:n]
     for u, part in train_parts.items():
-        if window == "tile":  # every target exactly once
+        if window in ("tile", "shifted"):  # every target exactly once
             assert sorted(seen[u]) == sorted(part[1:]), (u, seen[u])
         elif window == "last":
             assert seen[u] == part[1:][-4:]
@@ -181,6 +181,22 @@ def test_window_starts_cover_long_users():
     # 71 targets: windows (21, 50) and (0, 21); 2 targets; 1; 51 targets: (1, 50), (0, 1); 50: (0, 50); none.
     assert list(zip(row.tolist(), start.tolist(), length.tolist())) == [
         (0, 21, 50), (0, 0, 21), (1, 0, 2), (2, 0, 1), (3, 1, 50), (3, 0, 1), (4, 0, 50)]
+
+
+def test_shifted_windows_cover_every_target_once_with_fresh_boundaries():
+    m = np.array([72, 3, 2, 52, 51, 1, 160])
+    cuts = set()
+    for seed in range(40):
+        row, start, length = window_starts(m, 50, "shifted", np.random.default_rng(seed))
+        assert (length >= 1).all() and (length <= 50).all()
+        for r, targets in enumerate(np.maximum(m - 1, 0)):
+            covered = np.concatenate([np.arange(a + 1, a + n + 1) for a, n in zip(start[row == r], length[row == r])]
+                                     or [np.zeros(0, np.int64)])
+            assert sorted(covered.tolist()) == list(range(1, targets + 1)), (seed, r)  # each target once
+            if targets <= 50:  # one window's worth: the same single window as tile
+                assert length[row == r].tolist() == ([targets] if targets else [])
+        cuts.add(tuple(start[row == 6].tolist()))
+    assert len(cuts) > 20  # the long user's boundaries move from epoch to epoch
 
 
 def test_per_prefix_samples_are_every_train_position():

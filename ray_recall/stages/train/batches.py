@@ -77,20 +77,28 @@ def window_starts(m: np.ndarray, max_len: int, window: str,
     """Train-part lengths m [K] -> (row [W], start [W], length [W]) of the all-position windows, by `window`:
 
     tile    every target once: windows of max_len inputs from the end back to the start (the first may be short);
+    shifted every target once, as tile, but a user with more targets than max_len has the tiling's boundaries
+            moved back by a fresh offset in [0, max_len) each epoch (the most recent window holds that many
+            targets, the others are full up to the first): a target's context differs from epoch to epoch;
     last    the most recent window only (SASRec's original recipe);
     random  one window per user, its start drawn uniformly (a fresh window every epoch).
 
     A window (a, len) has inputs s[a:a+len] and targets s[a+1:a+len+1]; len <= max_len.
     """
     targets = np.maximum(m - 1, 0)  # positions 1..m-1 have a target
-    if window == "tile":
-        count = -(-targets // max_len)
+    if window in ("tile", "shifted"):
+        head = np.zeros(len(m), np.int64)  # targets in the most recent window when it is cut short; 0: a full one
+        if window == "shifted":
+            head = np.where(targets > max_len, rng.integers(0, max_len, len(m)), 0)
+        count = (head > 0) + -(-(targets - head) // max_len)
         row = np.repeat(np.arange(len(m)), count)
-        end = targets[row] - positions_within(count) * max_len  # the window's last target position
-        start = np.maximum(end - max_len, 0)
+        j = positions_within(count) - (head > 0)[row]  # -1: the short most recent window
+        top = targets[row] - head[row]
+        end = np.minimum(targets[row], top - j * max_len)  # the window's last target position
+        start = np.maximum(top - (j + 1) * max_len, 0)
         return row, start, end - start
     if window not in ("last", "random"):
-        raise ValueError(f"window must be tile, last or random, got {window!r}")
+        raise ValueError(f"window must be tile, shifted, last or random, got {window!r}")
     row = np.flatnonzero(targets > 0)
     last = np.maximum(targets[row] - max_len, 0)
     start = last if window == "last" else np.floor(rng.random(len(row)) * (last + 1)).astype(np.int64)
@@ -232,4 +240,4 @@ def examples_per_user(meta: dict, targets: str, max_len: int, window: str) -> fl
     samples = meta["samples"]["train"] / users
     if targets == "per_prefix":
         return samples
-    return max(1.0, samples / max_len + 1.0) if window == "tile" else 1.0
+    return max(1.0, samples / max_len + 1.0 + (window == "shifted")) if window in ("tile", "shifted") else 1.0
