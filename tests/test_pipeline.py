@@ -91,3 +91,16 @@ def test_stages_need_their_inputs(ray_session, tmp_path):
         run_stage(cfg, "train", log=lambda *_: None)
     with pytest.raises(ConfigError, match="unknown stage"):
         run_stage(cfg, "deploy", log=lambda *_: None)
+
+
+def test_the_kept_weights_are_the_best_kept_epoch_earliest_of_equals():
+    """Ray Train keeps the best few checkpoints but, among equal validation figures, may drop the first epoch
+    with the best one: the stage then takes the earliest kept epoch with that figure, not a missing one."""
+    from ray_recall.stages.train.stage import best_kept_epoch
+
+    history = [{"epoch": e, "v": v} for e, v in enumerate([0.1, 0.3, 0.2, 0.3, 0.3])]
+    assert best_kept_epoch(history, {1: "a", 3: "b", 4: "c"}, "v")["epoch"] == 1
+    assert best_kept_epoch(history, {2: "a", 3: "b", 4: "c"}, "v")["epoch"] == 3  # epoch 1's checkpoint is gone
+    assert best_kept_epoch(history, {0: "a", 2: "b"}, "v")["epoch"] == 2
+    with pytest.raises(RuntimeError, match="no checkpoint"):
+        best_kept_epoch(history, {}, "v")

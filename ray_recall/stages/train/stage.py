@@ -55,6 +55,20 @@ def latest_checkpoint(run: RunDir, name: str) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint(kept[max(kept)], filesystem=run.fs) if kept else None
 
 
+def best_kept_epoch(history: list[dict], kept, metric: str) -> dict:
+    """The history entry of the epoch whose weights the run keeps: the best `metric` among the epochs that still
+    have a checkpoint (`kept`), the earliest of equals.
+
+    Ray Train keeps the few best checkpoints by the metric, but among equal values it may keep later epochs than
+    the first: when the best value recurs (a validation figure on a few hundred users often does), the first
+    epoch with it can be gone. The best value itself always has a checkpoint.
+    """
+    candidates = [h for h in history if h["epoch"] in kept]
+    if not candidates:
+        raise RuntimeError(f"no checkpoint is left of any of the {len(history)} epochs run (kept: {sorted(kept)})")
+    return max(candidates, key=lambda h: (h[metric], -h["epoch"]))
+
+
 def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tracking: dict | None = None,
           callbacks: list | None = None, quiet_workers: bool = False) -> dict:
     """Train on <run>/data/train with N DDP workers; returns the training summary written to model/training.json.
@@ -125,7 +139,7 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
     # Ray Train keeps the best few checkpoints by the selection metric; the newest holds the full history.
     kept = run.checkpoints_by_epoch(name)
     history = run.read_checkpoint_history(name, max(kept))
-    best_metrics = max(history, key=lambda h: h[metric])
+    best_metrics = best_kept_epoch(history, kept, metric)
     best: ModelFile = run.read_checkpoint(name, best_metrics["epoch"])["model"]
     epoch_seconds = sum(h["epoch_seconds"] for h in history)
     summary = {
