@@ -240,4 +240,6 @@ def examples_per_user(meta: dict, targets: str, max_len: int, window: str) -> fl
     samples = meta["samples"]["train"] / users
     if targets == "per_prefix":
         return samples
-    return max(1.0, samples / max_len + 1.0 + (window == "shifted")) if window in ("tile", "shifted") else 1.0
+    if window in ("tile", "shifted"):  # shifted cuts a long user's most recent window short: one window more
+        return max(1.0, samples / max_len + (2.0 if window == "shifted" else 1.0))
+    return 1.0

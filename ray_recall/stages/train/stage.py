@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Collection
 
 import numpy as np
 import ray
@@ -55,7 +56,7 @@ def latest_checkpoint(run: RunDir, name: str) -> ray.train.Checkpoint | None:
     return ray.train.Checkpoint(kept[max(kept)], filesystem=run.fs) if kept else None
 
 
-def best_kept_epoch(history: list[dict], kept, metric: str) -> dict:
+def best_kept_epoch(history: list[dict], kept: Collection[int], metric: str) -> dict:
     """The history entry of the epoch whose weights the run keeps: the best `metric` among the epochs that still
     have a checkpoint (`kept`), the earliest of equals.
 
