@@ -7,11 +7,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from ray_recall.errors import ConfigError
 from ray_recall.stages.train.comm import SMALL_GRADIENT_BYTES, exchange_unsuitable, setup_grad_sync
+from tests.ranks import run_ranks
 
 
 def _model() -> nn.Module:
@@ -66,7 +66,7 @@ def _worker(rank: int, world: int, store_path: str, out_dir: str, grad_sync: str
 def test_grad_sync_averages_like_allreduce(world, grad_sync, hook, tmp_path):
     """auto: 2 and 4 ranks use the exchange, 3 (not a power of two) DDP's all-reduce; allreduce never the hook.
     Either way every rank ends with the mean gradient."""
-    mp.spawn(_worker, args=(world, str(tmp_path / "store"), str(tmp_path), grad_sync), nprocs=world)
+    run_ranks(_worker, world, world, str(tmp_path / "store"), str(tmp_path), grad_sync)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     for res in results:
         assert res["chosen"] == hook, res["line"]

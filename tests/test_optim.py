@@ -8,7 +8,6 @@ import os
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ray_recall import batch as B
 from ray_recall.config import TrainConfig
@@ -16,6 +15,7 @@ from ray_recall.negatives import NegativeSampler
 from ray_recall.stages.train.batches import by_length, split_batches
 from ray_recall.stages.train.optim import RowAdam
 from ray_recall.stages.train.step import ItemTables, batch_loss
+from tests.ranks import run_ranks
 from tests.test_models import MAX_LEN, NUM_ITEMS, make_model
 from tests.test_sequence_training import _window
 
@@ -100,7 +100,7 @@ def _averaging_worker(rank: int, world: int, store: str, out_dir: str) -> None:
 
 
 def test_rows_averaged_over_workers_equal_one_worker_on_the_global_batch(tmp_path):
-    mp.spawn(_averaging_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    run_ranks(_averaging_worker, 2, 2, str(tmp_path / "store"), str(tmp_path))
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*got))  # every worker holds the same tables
     table, small = _table(seed=0), _small(seed=0)

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ray_recall import batch as B
 from ray_recall.config import TrainConfig
@@ -20,6 +19,7 @@ from ray_recall.objectives import full_softmax_loss, listwise_loss, softmax_from
 from ray_recall.stages.train.batches import SequenceBatchBuilder, window_starts
 from ray_recall.stages.train.comm import gather_rows
 from ray_recall.stages.train.step import ItemTables, batch_loss
+from tests.ranks import run_ranks
 from tests.test_models import MAX_LEN, NUM_ITEMS, make_model
 
 CAUSAL = ["sasrec", "gru4rec", "hstu"]
@@ -237,7 +237,7 @@ def _gather_worker(rank: int, world: int, store: str, out_dir: str) -> None:
 
 
 def test_gathered_in_batch_negatives_equal_one_worker_on_the_global_batch(tmp_path):
-    mp.spawn(_gather_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    run_ranks(_gather_worker, 2, 2, str(tmp_path / "store"), str(tmp_path))
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     g = torch.Generator().manual_seed(0)
     user, pos, neg = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True)
