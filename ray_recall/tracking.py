@@ -29,7 +29,6 @@ from urllib.parse import urlparse
 
 ENV_SWITCH = "RAY_RECALL_TRACKING"
 RUN_DIR_TAG = "ray_recall.run_dir"
-CLOSED_AS_TAG = "ray_recall.closed_as"  # the status a search gave a trial's run (set before the status)
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag: the run shows under its parent (a search's trials)
 _BATCH = 100  # MLflow takes at most 100 params (1000 metrics) per log_batch call
 _PARAM_CHARS = 6000  # MLflow's limit on a param value
@@ -138,21 +137,20 @@ class Tracker:
             self.client.set_tag(self.run_id, k, v)
 
     def finish(self, ok: bool) -> None:
-        """FINISHED, or FAILED unless someone who knew better already ended the run: a search marks a trial that
-        ASHA stopped KILLED, and the trial's own way out (Tune raising into it) can come seconds later.
+        """FINISHED, or FAILED if the run is still RUNNING; but a search's trial (a child run) that fails leaves
+        its state to the search.
 
-        The search writes the tag CLOSED_AS_TAG before the status, and a failing run reads the tag after writing
-        FAILED: whichever order their writes come in, the search's status is the last one.
+        Tune stops a trial by raising into it and ends its process seconds later, which can fall between any two
+        of this process's writes (a clean-clone run of the search test caught a trial's run FAILED after the
+        search had closed it KILLED). So a trial never writes FAILED: once Tune has returned, the search gives
+        each child the state its trial ended in (`tuning._close_children`), the only writer of a failed trial's end.
         """
         if ok:
             self.client.set_terminated(self.run_id, status="FINISHED")
             return
-        if self.client.get_run(self.run_id).info.status != "RUNNING":
-            return
-        self.client.set_terminated(self.run_id, status="FAILED")
-        closed_as = self.client.get_run(self.run_id).data.tags.get(CLOSED_AS_TAG)
-        if closed_as:
-            self.client.set_terminated(self.run_id, status=closed_as)
+        run = self.client.get_run(self.run_id)
+        if run.info.status == "RUNNING" and PARENT_TAG not in run.data.tags:
+            self.client.set_terminated(self.run_id, status="FAILED")
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:

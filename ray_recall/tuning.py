@@ -53,7 +53,7 @@ from ray_recall.errors import ConfigError
 from ray_recall.pipeline import check_config, run_stage
 from ray_recall.rundir import RunDir
 from ray_recall.storage import Storage
-from ray_recall.tracking import CLOSED_AS_TAG, ENV_SWITCH, RUN_DIR_TAG, tracked
+from ray_recall.tracking import ENV_SWITCH, RUN_DIR_TAG, tracked
 
 _CALL = re.compile(r"^\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", re.S)
 # name -> (number of arguments, what they must be)
@@ -376,24 +376,23 @@ def _csv(trials: list[dict], keys: list[str], metric: str) -> str:
 
 def _close_children(parent, trials: list[dict]) -> None:
     """Give every trial's child run the state its trial ended in: FINISHED when it wrote its model, KILLED when
-    ASHA cut it off; a trial Tune recorded as an error keeps the tracker's FAILED.
+    ASHA cut it off, FAILED when Tune recorded an error.
 
-    Tune stops a trial as soon as its scheduler says so, which at the last epoch races the trial's own end: a
-    trial killed there leaves its run RUNNING, one stopped by raising into it has it FAILED by the tracker on
-    the way out, even after it wrote its model (seen in clean-clone runs of the search test), and that way out
-    may still be under way: the tracker then restores the status tagged here (`Tracker.finish`).
+    A trial's own tracker writes FINISHED when its stage returns and nothing when it fails (`Tracker.finish`):
+    Tune stops a trial by raising into it, at the last epoch racing the trial's own end, and the trial's
+    process may be gone before its way out is done. Runs still RUNNING, and any a tracker of an older version
+    left FAILED, are closed here.
     """
     by_dir = {t["run_dir"]: t for t in trials}
     runs = parent.client.search_runs([parent.experiment_id],
                                      filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")
     for r in runs:
         trial = by_dir.get(r.data.tags.get(RUN_DIR_TAG))
-        if trial is not None and trial["status"] == "error":
-            continue
         if r.info.status == "RUNNING" or (r.info.status == "FAILED" and trial is not None):
-            status = "FINISHED" if trial is not None and trial["status"] == "finished" else "KILLED"
-            parent.client.set_tag(r.info.run_id, CLOSED_AS_TAG, status)  # first: see Tracker.finish
-            parent.client.set_terminated(r.info.run_id, status=status)
+            status = ("KILLED" if trial is None or trial["status"] not in ("finished", "error") else
+                      "FINISHED" if trial["status"] == "finished" else "FAILED")
+            if status != r.info.status:
+                parent.client.set_terminated(r.info.run_id, status=status)
 
 
 def load_space(path: str) -> dict:

@@ -76,27 +76,24 @@ def test_uri_resolution_and_names(tmp_path, monkeypatch):
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "s"}) == {"a.b": "1", "a.c": "[1, 2]", "d": "null", "e": "s"}
 
 
-def test_a_failing_trial_run_yields_to_the_status_its_search_gave(tmp_path):
-    """A search closes a trial's run (tag, then status) while the trial is on its way out: whichever writes
-    last, the run ends with the search's status, not the tracker's FAILED."""
-    from ray_recall.tracking import CLOSED_AS_TAG, Tracker
+def test_a_failing_trial_run_leaves_its_state_to_its_search(tmp_path):
+    """A search's trial (a child run) that fails writes nothing: its search closes it once Tune has returned (a trial's
+    process can end between any two writes). A run of its own fails as FAILED; success is FINISHED either way."""
+    from ray_recall.tracking import Tracker
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # The search has tagged the run but not yet written its status when the trial fails: the trial still sees
-    # RUNNING, writes FAILED, then finds the tag.
-    trial = Tracker.start(uri, "search", "trial 1")
-    trial.client.set_tag(trial.run_id, CLOSED_AS_TAG, "KILLED")
+    search = Tracker.start(uri, "search", "search")
+    trial, done = (Tracker.start(uri, "search", name, parent_run_id=search.run_id) for name in ("trial 1", "trial 2"))
+    trial.finish(False)
+    done.finish(True)
+    assert trial.client.get_run(trial.run_id).info.status == "RUNNING"
+    assert done.client.get_run(done.run_id).info.status == "FINISHED"
+    # The search already closed the run: a late failure leaves it.
+    trial.client.set_terminated(trial.run_id, status="KILLED")
     trial.finish(False)
     assert trial.client.get_run(trial.run_id).info.status == "KILLED"
-    # The search's status already written: the trial leaves it.
-    trial = Tracker.start(uri, "search", "trial 2")
-    trial.client.set_tag(trial.run_id, CLOSED_AS_TAG, "FINISHED")
-    trial.client.set_terminated(trial.run_id, status="FINISHED")
-    trial.finish(False)
-    assert trial.client.get_run(trial.run_id).info.status == "FINISHED"
-    # No search: a failure is FAILED, a success FINISHED.
-    failed, done = Tracker.start(uri, "search", "alone"), Tracker.start(uri, "search", "ok")
+    failed, ok = Tracker.start(uri, "search", "alone"), Tracker.start(uri, "search", "ok")
     failed.finish(False)
-    done.finish(True)
+    ok.finish(True)
     assert failed.client.get_run(failed.run_id).info.status == "FAILED"
-    assert done.client.get_run(done.run_id).info.status == "FINISHED"
+    assert ok.client.get_run(ok.run_id).info.status == "FINISHED"

@@ -132,9 +132,9 @@ def test_shipped_search_spaces_fit_their_configs():
 
 
 def test_trial_runs_end_in_the_state_their_trial_ended_in(tmp_path):
-    """A search's child runs after Tune returns: whatever the race between a trial's end and Tune's stop left
-    (RUNNING, or FAILED by the tracker on the way out), a trial that wrote its model is FINISHED, one ASHA cut
-    off is KILLED, and a trial Tune recorded as an error keeps FAILED."""
+    """A search's child runs after Tune returns: whatever a trial's end left (RUNNING: its tracker writes nothing
+    when it fails; FAILED: a tracker of an older version), a trial that wrote its model is FINISHED, one ASHA cut
+    off is KILLED, and a trial Tune recorded as an error is FAILED."""
     from ray_recall.tracking import RUN_DIR_TAG, Tracker
     from ray_recall.tuning import _close_children
 
@@ -144,6 +144,7 @@ def test_trial_runs_end_in_the_state_their_trial_ended_in(tmp_path):
         "a": ("finished", "FAILED", "FINISHED"), "b": ("finished", "RUNNING", "FINISHED"),
         "c": ("finished", "FINISHED", "FINISHED"), "d": ("stopped by ASHA", "FAILED", "KILLED"),
         "e": ("stopped by ASHA", "RUNNING", "KILLED"), "f": ("error", "FAILED", "FAILED"),
+        "g": ("error", "RUNNING", "FAILED"),
     }
     children = {}
     for name, (_, before, _) in cases.items():
