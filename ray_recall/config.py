@@ -231,10 +231,6 @@ class TrainConfig(_Section):
     """global batch size; each of N workers takes batch_size / N"""
     lr: PositiveNumber = 1e-3
     """Adam learning rate"""
-    lr_schedule: Literal["constant", "linear"] = "constant"
-    """constant | linear: the learning rate falls linearly towards 0 over the run's budget, set at each epoch's start
-    from the budget spent at the epoch's middle; the budget is train.max_train_seconds of epoch time when set, else
-    train.epochs (early stopping may end the run before)"""
     weight_decay: NonNegativeNumber = 0.0
     """L2 on dense weights (Adam weight decay; not on sparse tables)"""
     sparse_embeddings: Literal["auto", "on", "off"] = "auto"

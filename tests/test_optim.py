@@ -147,15 +147,3 @@ def test_length_batches_hold_windows_of_neighbouring_lengths():
     assert [(int(a), int(b)) for a, b in spans] == [(int(ranked[3 + 10 * i]), int(ranked[12 + 10 * i])) for i in range(10)]
     assert sorted(lengths[order[100:]].tolist()) == ranked[:3].tolist()
     assert [r.min() for r in runs] != sorted(r.min() for r in runs)
-
-
-def test_set_lr_reaches_the_dense_and_the_sparse_optimizer():
-    from ray_recall.config import TrainConfig
-    from ray_recall.stages.train.optim import Optimizers
-
-    model = torch.nn.Sequential(torch.nn.Embedding(ROWS, 4), torch.nn.Linear(4, 2))
-    model.sparse_safe = True
-    opts = Optimizers(model, TrainConfig(lr=0.01), sparse_min_rows=ROWS)
-    assert opts.sparse is not None
-    opts.set_lr(0.002)
-    assert [g["lr"] for o in (opts.dense, opts.sparse) for g in o.param_groups] == [0.002, 0.002]

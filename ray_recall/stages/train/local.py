@@ -16,7 +16,7 @@ import torch
 from ray_recall.config import PipelineConfig
 from ray_recall.rundir import RunDir
 from ray_recall.stages.train.batches import split_batches
-from ray_recall.stages.train.loop import Trainer, lr_factor
+from ray_recall.stages.train.loop import Trainer
 
 
 def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, log=None,
@@ -36,9 +36,7 @@ def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, 
     trainer = Trainer(cfg, run)
     model = trainer.model
     rows = run.read_parquet("data", "sequences", columns=["user_idx", "items", "times", "length"])
-    history: list[dict] = []  # what train.lr_schedule reads: the epochs' seconds
     for epoch in range(tc.epochs if epochs is None else epochs):
-        trainer.optimizer.set_lr(tc.lr * lr_factor(history, tc))
         t0 = time.perf_counter()
         model.train()
         builder = trainer.builder(epoch)
@@ -49,7 +47,6 @@ def fit_in_process(cfg: PipelineConfig, run: RunDir, epochs: int | None = None, 
             for batch in split_batches(chunk, tc.batch_size):
                 loss, targets = trainer.step(model, batch)
                 loss_sum, targets_sum = loss_sum + loss * targets, targets_sum + targets
-        history.append({"epoch_seconds": time.perf_counter() - t0})
         if log is not None:
             extra = f"; {validate_each_epoch(model)}" if validate_each_epoch is not None else ""
             log(f"[train/local] epoch {epoch + 1}: loss {loss_sum / max(targets_sum, 1):.4f}, {targets_sum:,} targets "

@@ -176,9 +176,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     shard = ray.train.get_dataset_shard("train")
     per_worker_batch = max(1, tc.batch_size // world)
-    lr = tc.lr * lr_factor(history, tc)  # every rank holds the same history here (none, or the checkpoint's)
     for epoch in range(start_epoch, tc.epochs):
-        trainer.optimizer.set_lr(lr)
         t0, cpu0 = time.perf_counter(), time.process_time()
         model.train()
         loss_sum = torch.zeros(3, dtype=torch.float64)  # loss x targets, targets, this process's CPU seconds
@@ -211,14 +209,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # cpu_seconds: user + system CPU of every worker process in the epoch (all its threads), summed.
         # samples: training targets scored (per prefix: samples; all positions: positions with a next item).
         metrics = {"epoch": epoch, "loss": float(loss_sum[0] / max(loss_sum[1], 1)), "samples": int(loss_sum[1]),
-                   "epoch_seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(float(loss_sum[2]), 3),
-                   "lr": lr}
-        after = torch.tensor([0.0, lr], dtype=torch.float64)  # rank 0's word for every rank: stop?, the next lr
+                   "epoch_seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(float(loss_sum[2]), 3)}
+        stop = torch.zeros(1)
         if rank == 0:
             metrics.update(validate(core, val, trainer.schema.max_len, tc.val_k))
             history.append(metrics)
             why = stop_reason(history, tc)
-            after[0], after[1] = float(why is not None), tc.lr * lr_factor(history, tc)
+            stop[0] = float(why is not None)
             if say:
                 emit(lines, f"[train] epoch {epoch + 1}/{tc.epochs} loss {metrics['loss']:.4f} "
                             f"{tc.selection_metric} {metrics[tc.selection_metric]:.4f} "
@@ -230,11 +227,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
-        if world > 1:  # rank 0 alone validates; every rank must leave the loop together, with the same lr
-            torch.distributed.broadcast(after, src=0)
-        if after[0]:
+        if world > 1:  # rank 0 alone validates; every rank must leave the loop together
+            torch.distributed.broadcast(stop, src=0)
+        if stop[0]:
             break
-        lr = float(after[1])
 
 
 def _record_shard(run: RunDir, rank: int, users: list[np.ndarray]) -> None:
@@ -251,23 +247,6 @@ def model_file(model: torch.nn.Module, cfg: PipelineConfig) -> ModelFile:
     model = getattr(model, "module", model)
     return ModelFile(cfg.model.name, cfg.model.embedding_dim, dict(cfg.model.params),
                      {k: v.detach().cpu() for k, v in model.state_dict().items()})
-
-
-def lr_factor(history: list[dict], tc) -> float:
-    """The next epoch's learning rate over train.lr, after the epochs of `history`.
-
-    constant: 1. linear: 1 - the fraction of the budget spent at the next epoch's middle, taking it to last as long
-    as the last one did. The budget is train.max_train_seconds of epoch time when set, else train.epochs. A linear
-    decay to the end of a fixed budget trains better within it than a constant rate or a step decay (Li, Yumer and
-    Ramanan, "Budgeted Training", ICLR 2020).
-    """
-    if tc.lr_schedule == "constant":
-        return 1.0
-    if tc.max_train_seconds is not None:
-        spent = sum(h["epoch_seconds"] for h in history)
-        middle = spent + history[-1]["epoch_seconds"] / 2 if history else 0.0
-        return max(1.0 - middle / tc.max_train_seconds, 0.0)
-    return max(1.0 - (len(history) + 0.5) / tc.epochs, 0.0)
 
 
 def stop_reason(history: list[dict], tc) -> str | None:

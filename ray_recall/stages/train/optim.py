@@ -163,12 +163,6 @@ class Optimizers:
                 for p in group["params"]:
                     dist.broadcast(p, src=0)
 
-    def set_lr(self, lr: float) -> None:
-        """The learning rate of every parameter group, dense and sparse (train.lr_schedule)."""
-        for opt in (self.dense, self.sparse):
-            for group in opt.param_groups if opt is not None else ():
-                group["lr"] = lr
-
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.dense.zero_grad(set_to_none=set_to_none)
         if self.sparse is not None:
