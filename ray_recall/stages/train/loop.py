@@ -152,10 +152,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         trainer.model.load_state_dict(state["model"].state_dict)
         trainer.optimizer.load_state_dict(state["optimizer"])
         start_epoch, history = state["epoch"] + 1, state["history"]
-    # DDP when world > 1 (moved to the GPU when use_gpu). No buffer broadcast before every forward: the
-    # models' buffers (feature code tables, fixed routing logits) never change while training.
+    # DDP when world > 1 (moved to the GPU when use_gpu). Buffers are synced from rank 0 once, when DDP wraps the
+    # model, not before every forward: the models' buffers (feature code tables, fixed routing logits) never change
+    # while training. (`forward_sync_buffers` replaces torch's deprecated `broadcast_buffers`.)
     trainer.optimizer.sync_sparse_myself(trainer.model)  # sparse id tables: RowAdam averages their rows, not DDP
-    model = ray.train.torch.prepare_model(trainer.model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    model = ray.train.torch.prepare_model(trainer.model, parallel_strategy_kwargs={"forward_sync_buffers": False})
     sync = setup_grad_sync(model, tc.grad_sync)  # small gradients on CPU are latency-bound: see comm.py
     device = ray.train.torch.get_device()
     trainer.tables = trainer.tables.to(device)
