@@ -374,6 +374,9 @@ def _csv(trials: list[dict], keys: list[str], metric: str) -> str:
     return buf.getvalue()
 
 
+_RUN_STATUS = {"finished": "FINISHED", "error": "FAILED"}  # a trial's end -> its MLflow run's
+
+
 def _close_children(parent, trials: list[dict]) -> None:
     """Give every trial's child run the state its trial ended in: FINISHED when it wrote its model, KILLED when
     ASHA cut it off, FAILED when Tune recorded an error.
@@ -389,8 +392,7 @@ def _close_children(parent, trials: list[dict]) -> None:
     for r in runs:
         trial = by_dir.get(r.data.tags.get(RUN_DIR_TAG))
         if r.info.status == "RUNNING" or (r.info.status == "FAILED" and trial is not None):
-            status = ("KILLED" if trial is None or trial["status"] not in ("finished", "error") else
-                      "FINISHED" if trial["status"] == "finished" else "FAILED")
+            status = _RUN_STATUS.get(trial["status"] if trial else None, "KILLED")  # ASHA's stop, or unknown
             if status != r.info.status:
                 parent.client.set_terminated(r.info.run_id, status=status)
 
