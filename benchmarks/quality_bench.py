@@ -53,6 +53,9 @@ RECIPES = {
     "inner product, T=1": {"model.params.normalize": False, "train.temperature": 1.0},
     "shared negatives": {"train.shared_negatives": True, "train.num_negatives": 1024},
     "per-sample negatives (before)": {"train.shared_negatives": False, "train.num_negatives": 50},
+    # ComiRec's config before it trained on every position: per prefix, stopping on validation.
+    "per prefix, lr 0.001 (before)": {**PER_PREFIX, "train.lr": 0.001, "train.epochs": 50,
+                                       "train.early_stopping_patience": 3},
 }
 
 
@@ -66,6 +69,8 @@ def recipes_of(model: str) -> list[str]:
              "inner product, T=1", "shared negatives"] if model in CAUSAL else []
     if model == "dssm":
         extra = ["per-sample negatives (before)"]
+    if model == "comirec":
+        extra = ["per prefix, lr 0.001 (before)"]
     return ["shipped", *modes, *extra]
 METRICS = ("recall@10", "recall@50", "ndcg@10", "mrr@10")
 

@@ -186,7 +186,7 @@ class TrainConfig(_Section):
     mode: Mode = "listwise"
     """pointwise | pairwise | listwise (aliases 0 / 1 / 2)"""
     targets: Literal["auto", "all_positions", "per_prefix"] = "auto"
-    """all_positions: a causal model (sasrec, gru4rec, hstu) scores every position of a window of the user's
+    """all_positions: a causal model (sasrec, gru4rec, hstu, comirec) scores every position of a window of the user's
     sequence in one pass; per_prefix: one history window per target; auto: all_positions for causal models"""
     window: Literal["tile", "shifted", "random", "last"] = "tile"
     """all_positions: how a user's train part is cut into windows of max_len: tile (every target once per epoch)
@@ -197,7 +197,7 @@ class TrainConfig(_Section):
     random order), so that cutting each batch to its longest window saves compute; off by default: SASRec on
     MovieLens-100K reached validation Recall@10 0.2375 with it, 0.2524 without (benchmarks/scale_train.md)"""
     pack: StrictBool = True
-    """all_positions, models that can (sasrec, hstu): lay each batch's windows one after another into shared rows,
+    """all_positions, models that can (sasrec, hstu, comirec): lay each batch's windows one after another into shared rows,
     each attending only to itself, so that a step computes few padding positions (the same windows a batch, the
     same states; a row's negatives are shared by its windows). Not with in-batch or shared negatives, nor
     length_buckets (then off)"""

@@ -15,7 +15,7 @@ from ray_recall.stages.train.batches import SequenceBatchBuilder, pack_windows, 
 from ray_recall.stages.train.step import ItemTables, batch_loss
 from tests.test_models import MAX_LEN, NUM_ITEMS, make_model
 
-PACKABLE = ["sasrec", "hstu"]
+PACKABLE = ["sasrec", "hstu", "comirec"]
 
 
 def test_pack_windows_fits_each_batch_into_few_rows_without_overlap():

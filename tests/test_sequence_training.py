@@ -22,7 +22,7 @@ from ray_recall.stages.train.step import ItemTables, batch_loss
 from tests.ranks import run_ranks
 from tests.test_models import MAX_LEN, NUM_ITEMS, make_model
 
-CAUSAL = ["sasrec", "gru4rec", "hstu"]
+CAUSAL = ["sasrec", "gru4rec", "hstu", "comirec"]
 
 
 def _window(seed: int = 0, rows: int = 4, num_neg: int = 5) -> dict[str, torch.Tensor]:

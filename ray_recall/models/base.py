@@ -47,8 +47,9 @@ class RecallModel(nn.Module, metaclass=_ModelType):
     Class attributes a subclass may set:
         multi_interest: `encode_user` returns [B, K, D] (one vector per interest) instead of [B, D].
         causal: the user state at each position depends only on the items up to it; the model then
-            implements `encode_sequence` ([B, L, D], every position's state in one pass), which all-position
-            training scores against every next item, and `encode_user` is its state after the last item.
+            implements `encode_sequence` ([B, L, D], every position's state in one pass; multi-interest:
+            [B, L, K, D]), which all-position training scores against every next item, and `encode_user` is its
+            state after the last item.
         packable: a causal model that reads HIST_SEG and HIST_POS (ray_recall.batch), so that training may pack
             several windows into one row, each attending only to itself.
         modes: the training modes the model is meant for.
@@ -76,7 +77,8 @@ class RecallModel(nn.Module, metaclass=_ModelType):
 
     def encode_sequence(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Causal models: HIST [B, L], HIST_LEN [B] (HIST_TIME [B, L] if the model reads it) -> [B, L, D], the
-        user state after each position (padding positions: anything; they are never scored)."""
+        user state after each position (multi-interest: [B, L, K, D]; padding positions: anything, they are never
+        scored)."""
         raise NotImplementedError(f"{type(self).__name__} is not causal: it has no per-position states")
 
     def encode_item(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -91,7 +93,7 @@ class RecallModel(nn.Module, metaclass=_ModelType):
             "pos"   [E, T, D]  the target items (padding targets, id 0: anything; never scored)
             "neg"   [E, N, D]  each row's negatives
             "items" [num_items, D] every item (row j = item j + 1), when `all_items` (the exact softmax)
-        A multi-interest user is reduced to one vector per row against its positive by `user_for_target`.
+        A multi-interest user is reduced to one vector per target against it (`combine_interests`).
         """
         pos_ids, neg_ids = batch[B.POS], batch[B.NEG]
         per_prefix = pos_ids.dim() == 1
@@ -110,7 +112,11 @@ class RecallModel(nn.Module, metaclass=_ModelType):
             # index_select, not [inverse]: its backward adds the rows (index_add_) where indexing's sorts them first.
             pos, neg = self.encode_item({B.ITEM: unique}).index_select(0, inverse).split([targets.numel(), neg_ids.numel()])
             pos, neg = pos.reshape(*targets.shape, -1), neg.reshape(*neg_ids.shape, -1)
-        out["user"] = self.user_for_target(batch, pos[:, 0])[:, None] if per_prefix else self.encode_sequence(batch)
+        if per_prefix:
+            out["user"] = self.user_for_target(batch, pos[:, 0])[:, None]
+        else:
+            states = self.encode_sequence(batch)  # [E, L, D], or a multi-interest model's [E, L, K, D]
+            out["user"] = states if states.dim() == 3 else self.combine_interests(states, pos)
         out["pos"], out["neg"] = pos, neg
         return out
 
@@ -118,9 +124,12 @@ class RecallModel(nn.Module, metaclass=_ModelType):
         """The user vector [B, D] that training scores against `target` [B, D]: `encode_user`, with a
         multi-interest user's interests combined by label-aware attention."""
         user = self.encode_user(batch)
-        if user.dim() == 2:
-            return user
-        return label_aware_attention(user, target, power=getattr(self, "attention_power", 1.0))
+        return user if user.dim() == 2 else self.combine_interests(user, target)
+
+    def combine_interests(self, interests: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """A multi-interest user's interests [..., K, D] -> one vector [..., D] against `target` [..., D]
+        (label-aware attention)."""
+        return label_aware_attention(interests, target, power=getattr(self, "attention_power", 1.0))
 
     def all_item_ids(self, device=None) -> torch.Tensor:
         """[num_items] every dense item id (1..num_items)."""

@@ -108,15 +108,16 @@ class Dropout(nn.Module):
 
 def label_aware_attention(interests: torch.Tensor, target: torch.Tensor, power: float = 1.0,
                           active: torch.Tensor | None = None) -> torch.Tensor:
-    """MIND's label-aware attention. interests [B, K, D], target [B, D] -> [B, D].
+    """MIND's label-aware attention. interests [..., K, D], target [..., D] -> [..., D] (e.g. [B, K, D] per
+    prefix, [B, L, K, D] at every position of a window).
 
-    weights = softmax(power * <interest_k, target>) over the active interests (`active` [B, K] bool, all by
+    weights = softmax(power * <interest_k, target>) over the active interests (`active` [..., K] bool, all by
     default): power -> inf picks the best-matching interest (hard attention), power = 0 averages them.
     """
-    logits = torch.einsum("bkd,bd->bk", interests, target) * power
+    logits = torch.einsum("...kd,...d->...k", interests, target) * power
     if active is not None:
         logits = logits.masked_fill(~active, float("-inf"))
-    return torch.einsum("bk,bkd->bd", torch.softmax(logits, dim=-1), interests)
+    return torch.einsum("...k,...kd->...d", torch.softmax(logits, dim=-1), interests)
 
 
 class FeatureEmbedding(nn.Module):

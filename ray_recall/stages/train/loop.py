@@ -35,7 +35,7 @@ def resolve_targets(tc: TrainConfig, model_name: str) -> str:
     if tc.targets == "auto":
         return "all_positions" if causal else "per_prefix"
     if tc.targets == "all_positions" and not causal:
-        raise ConfigError(f"train.targets='all_positions' needs a causal model (sasrec, gru4rec, hstu); "
+        raise ConfigError(f"train.targets='all_positions' needs a causal model (sasrec, gru4rec, hstu, comirec); "
                           f"{model_name!r} is not: use per_prefix or auto")
     return tc.targets
 
