@@ -61,10 +61,7 @@ class ComiRecSA(RecallModel):
 
     def encode_user(self, batch):
         e, mask, scores = self._scores(batch)  # [B, L, D], [B, L], [B, K, L]
-        # The most negative finite value (not -inf) keeps an empty history's row finite; its weights are then zeroed.
-        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
-        attn = torch.softmax(scores, dim=-1) * mask[:, None, :].to(scores.dtype)  # [B, K, L]
-        return self.output(attn @ e)  # [B, K, D]
+        return self._pool(e, scores, mask[:, None, :])  # [B, K, D]
 
     def encode_sequence(self, batch):
         """[B, L, K, D]: the interests after each position, each pooling only the items up to it.
@@ -76,9 +73,7 @@ class ComiRecSA(RecallModel):
         """
         e, mask, scores = self._scores(batch)
         allowed = causal_attention_mask(batch, mask)[:, :, None, :]  # [B, L, 1, L]: j <= t, real, in t's window
-        scores = scores[:, None].masked_fill(~allowed, torch.finfo(scores.dtype).min)  # [B, L, K, L]
-        attn = torch.softmax(scores, dim=-1) * allowed.to(scores.dtype)
-        return self.output(attn @ e[:, None])  # [B, L, K, D]
+        return self._pool(e[:, None], scores[:, None], allowed)  # [B, L, K, D]
 
     def _scores(self, batch):
         """(item embeddings [B, L, D] with padding zeroed, the real positions [B, L], attention logits [B, K, L])."""
@@ -90,6 +85,14 @@ class ComiRecSA(RecallModel):
         e = self.item_emb(hist) * mask.unsqueeze(-1)  # [B, L, D]; padding zeroed so its ids never matter
         h = e + position_embedding(self.pos_emb.weight, batch, L) if self.pos_emb is not None else e
         return e, mask, self.w2(torch.tanh(self.w1(h))).transpose(1, 2)
+
+    def _pool(self, e: torch.Tensor, scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """The interests: softmax of `scores` [..., K, L] over the `allowed` items (bool, broadcast to it) pooling
+        `e` [..., L, D] -> [..., K, D]. The most negative finite value (not -inf) keeps a row with nothing allowed
+        (an empty history) finite; its weights are then zeroed."""
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+        attn = torch.softmax(scores, dim=-1) * allowed.to(scores.dtype)
+        return self.output(attn @ e)
 
     def encode_item(self, batch):
         return self.output(self.item_emb(batch[B.ITEM]))  # [..., D]

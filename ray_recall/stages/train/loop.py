@@ -17,7 +17,7 @@ from ray_recall.batch import split_targets
 from ray_recall.config import PipelineConfig, TrainConfig
 from ray_recall.errors import ConfigError
 from ray_recall.metrics import metrics_from_ranks
-from ray_recall.models import build_model, get_model_class
+from ray_recall.models import available_models, build_model, get_model_class
 from ray_recall.negatives import NegativeSampler
 from ray_recall.ranking import embed_all_items, rank_targets
 from ray_recall.rundir import ModelFile, RunDir, read_checkpoint_dir, write_checkpoint_dir
@@ -35,7 +35,8 @@ def resolve_targets(tc: TrainConfig, model_name: str) -> str:
     if tc.targets == "auto":
         return "all_positions" if causal else "per_prefix"
     if tc.targets == "all_positions" and not causal:
-        raise ConfigError(f"train.targets='all_positions' needs a causal model (sasrec, gru4rec, hstu, comirec); "
+        causal_models = ", ".join(n for n in available_models() if get_model_class(n).causal)
+        raise ConfigError(f"train.targets='all_positions' needs a causal model ({causal_models}); "
                           f"{model_name!r} is not: use per_prefix or auto")
     return tc.targets
 
