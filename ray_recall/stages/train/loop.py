@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
+import threading
 import time
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -12,6 +15,7 @@ import torch.distributed as dist
 
 import ray.train
 import ray.train.torch
+from ray.data.collate_fn import ArrowBatchCollateFn
 from ray_recall import batch as B
 from ray_recall.batch import split_targets
 from ray_recall.config import PipelineConfig, TrainConfig
@@ -41,6 +45,12 @@ def resolve_targets(tc: TrainConfig, model_name: str) -> str:
     return tc.targets
 
 
+def chunk_rows(cfg: PipelineConfig, meta: dict, max_len: int) -> int:
+    """Users per chunk that Ray Data hands a worker (about `batches.CHUNK_EXAMPLES` examples built from them)."""
+    tc = cfg.train
+    return rows_per_chunk(examples_per_user(meta, resolve_targets(tc, cfg.model.name), max_len, tc.window))
+
+
 SPARSE_MIN_ROWS = 100_000  # train.sparse_embeddings=auto: id tables at least this large get sparse gradients
 
 
@@ -63,7 +73,7 @@ class Trainer:
                      and not (tc.in_batch_negatives or tc.shared_negatives or tc.length_buckets))
         full = tc.mode == "listwise" and tc.softmax == "full"
         self.num_negatives = 0 if full else tc.num_negatives
-        self.rows_per_chunk = rows_per_chunk(examples_per_user(self.meta, self.targets, self.schema.max_len, tc.window))
+        self.rows_per_chunk = chunk_rows(cfg, self.meta, self.schema.max_len)
 
     def builder(self, epoch: int, batch_size: int | None = None) -> SequenceBatchBuilder:
         """The chunk builder of `epoch`; batch_size: the batches the chunks will be cut into (train.length_buckets,
@@ -113,6 +123,66 @@ def lockstep(chunks, batch_size: int, world: int):
                                    "users than train.num_workers")
 
 
+def epoch_chunks(shard, collate_fn, rows: int, seed: int, epoch: int, world: int, rank: int):
+    """One epoch of this worker's shard: chunks of `rows` users, locally shuffled (seeded by epoch and rank),
+    built by `collate_fn` in Ray Data's prefetch thread."""
+    return shard.iter_torch_batches(batch_size=rows, collate_fn=collate_fn, prefetch_batches=2,
+                                    local_shuffle_buffer_size=max(4 * rows, 256),
+                                    local_shuffle_seed=seed * 1000 + epoch * world + rank)
+
+
+class _BuilderToCome(ArrowBatchCollateFn):
+    """A collate_fn whose builder is given later (`give`): chunks wait for it, or raise what `fail` was given."""
+
+    def __init__(self):
+        super().__init__()
+        self._builder: Future = Future()
+
+    def give(self, builder: SequenceBatchBuilder) -> None:
+        self._builder.set_result(builder)
+
+    def fail(self, error: BaseException) -> None:
+        if not self._builder.done():
+            self._builder.set_exception(error)
+
+    def __call__(self, rows):
+        return self._builder.result()(rows)
+
+
+class EarlyFirstEpoch:
+    """The first epoch's chunks, asked of Ray Data as the worker starts, before it has built its model.
+
+    A fit's first chunk waits seconds for Ray Data to start the shard's first epoch (the split coordinator's
+    first execution: ~3.5 s here), and nothing of that depends on the worker. So the epoch's stream is
+    created at once, with a collate_fn that waits for the builder (`chunks(builder)`), and a thread asks it
+    for its first chunk while the worker reads its data and builds its model, optimizer and validation sample
+    (~3.4 s here). The chunks are those `epoch_chunks` gives with the builder itself: the same rows, order and
+    draws.
+    """
+
+    def __init__(self, shard, rows: int, seed: int, epoch: int, world: int, rank: int):
+        self.epoch = epoch
+        self._collate = _BuilderToCome()
+        self._it = iter(epoch_chunks(shard, self._collate, rows, seed, epoch, world, rank))
+        self._first: Future = Future()
+        threading.Thread(target=self._pull, name="ray-recall-first-chunk", daemon=True).start()
+
+    def _pull(self) -> None:
+        try:
+            self._first.set_result(next(self._it, None))
+        except BaseException as e:  # handed to the loop, which raises it where the chunks are read
+            self._first.set_exception(e)
+
+    def chunks(self, builder: SequenceBatchBuilder):
+        self._collate.give(builder)
+        first = self._first.result()
+        return self._it if first is None else itertools.chain([first], self._it)
+
+    def cancel(self, error: BaseException) -> None:
+        """The worker failed before its first epoch: release the waiting thread."""
+        self._collate.fail(error)
+
+
 def validate(model, val_rows, max_len: int, k: int) -> dict[str, float]:
     """Recall and NDCG at k of the validation targets of `val_rows` (sequence rows), exact full ranking."""
     model.eval()
@@ -130,23 +200,12 @@ def _announce(run: RunDir, rank: int) -> None:
     run.write_worker_info(rank, {"rank": rank, "pid": os.getpid(), "node_id": ctx.get_node_id(), "started": time.time()})
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train's per-worker function. loop_config: {"cfg": PipelineConfig, "run_uri": str, "resume_from": path | None}."""
-    cfg: PipelineConfig = loop_config["cfg"]
-    run = RunDir(loop_config["run_uri"])
+def _set_up(cfg: PipelineConfig, run: RunDir, ckpt, rank: int):
+    """A worker's model, optimizer and validation sample, from `ckpt` when it resumes ->
+    (trainer, model (DDP-wrapped when world > 1), history, first epoch, validation rows (rank 0), grad-sync note)."""
     tc = cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(tc.num_threads or max(1, int(round(tc.cpus_per_worker))))
-    torch.manual_seed(tc.seed)
-    np.random.seed(tc.seed)
-
-    _announce(run, rank)
     trainer = Trainer(cfg, run)
     start_epoch, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None and loop_config.get("resume_from"):
-        ckpt = ray.train.Checkpoint(loop_config["resume_from"], filesystem=run.fs)
     if ckpt:
         with ckpt.as_directory() as d:
             state = read_checkpoint_dir(d)
@@ -159,9 +218,40 @@ def train_loop_per_worker(loop_config: dict) -> None:
     trainer.optimizer.sync_sparse_myself(trainer.model)  # sparse id tables: RowAdam averages their rows, not DDP
     model = ray.train.torch.prepare_model(trainer.model, parallel_strategy_kwargs={"forward_sync_buffers": False})
     sync = setup_grad_sync(model, tc.grad_sync)  # small gradients on CPU are latency-bound: see comm.py
-    device = ray.train.torch.get_device()
-    trainer.tables = trainer.tables.to(device)
+    trainer.tables = trainer.tables.to(ray.train.torch.get_device())
+    # Rank 0 validates on a seeded sample of at most val_max_users users, read from as few partition
+    # files as hold it: its memory follows the sample, not the log.
+    val = run.read_sequence_sample(tc.val_max_users, tc.seed) if rank == 0 else None
+    return trainer, model, history, start_epoch, val, sync
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train's per-worker function. loop_config: {"cfg": PipelineConfig, "run_uri": str, "resume_from": path | None}."""
+    cfg: PipelineConfig = loop_config["cfg"]
+    run = RunDir(loop_config["run_uri"])
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(tc.num_threads or max(1, int(round(tc.cpus_per_worker))))
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed)
+
+    _announce(run, rank)
+    shard = ray.train.get_dataset_shard("train")
+    per_worker_batch = max(1, tc.batch_size // world)
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and loop_config.get("resume_from"):
+        ckpt = ray.train.Checkpoint(loop_config["resume_from"], filesystem=run.fs)
+    early = None if ckpt else EarlyFirstEpoch(shard, chunk_rows(cfg, run.read_meta(), run.read_schema().max_len),
+                                               tc.seed, 0, world, rank)
+    try:
+        trainer, model, history, start_epoch, val, sync = _set_up(cfg, run, ckpt, rank)
+    except BaseException as e:
+        if early is not None:
+            early.cancel(e)
+        raise
     core = getattr(model, "module", model)
+    device = ray.train.torch.get_device()
     gather = gather_rows if world > 1 and tc.in_batch_negatives and tc.gather_negatives else None
     lines = loop_config.get("lines")  # the driver shows what goes there (runtime.worker_lines)
     say = rank == 0 and not loop_config.get("quiet")
@@ -170,14 +260,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         details.append(f"sparse id tables ({trainer.optimizer.sparse_rows:,} rows, lazy Adam)")
     if say and details:  # what the driver's own line about the fit cannot know
         emit(lines, f"[train] {'; '.join(details)}")
-
-    # Rank 0 validates on a seeded sample of at most val_max_users users, read from as few partition
-    # files as hold it: its memory follows the sample, not the log.
-    val = run.read_sequence_sample(tc.val_max_users, tc.seed) if rank == 0 else None
     log_epoch = EpochLogger(loop_config.get("tracking") if rank == 0 else None)
 
-    shard = ray.train.get_dataset_shard("train")
-    per_worker_batch = max(1, tc.batch_size // world)
     for epoch in range(start_epoch, tc.epochs):
         t0, cpu0 = time.perf_counter(), time.process_time()
         model.train()
@@ -185,9 +269,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         shard_users: list[np.ndarray] = []  # the users this worker trained on this epoch (a part of its shard)
         # Ray Data hands over chunks of whole users, built into examples (windows, negatives) in its prefetch
         # thread and cut into this worker's batches here: Ray Data's per-batch cost is paid once a chunk.
-        chunks = shard.iter_torch_batches(batch_size=trainer.rows_per_chunk, collate_fn=trainer.builder(epoch, per_worker_batch),
-                                          prefetch_batches=2, local_shuffle_buffer_size=max(4 * trainer.rows_per_chunk, 256),
-                                          local_shuffle_seed=tc.seed * 1000 + epoch * world + rank)
+        builder = trainer.builder(epoch, per_worker_batch)
+        if early is not None and early.epoch == epoch:
+            chunks = early.chunks(builder)
+        else:
+            chunks = epoch_chunks(shard, builder, trainer.rows_per_chunk, tc.seed, epoch, world, rank)
         shown = time.perf_counter()
         for step, (batch, weight) in enumerate(lockstep(chunks, per_worker_batch, world)):
             if tc.max_steps is not None and step >= tc.max_steps:  # every worker stops at the same step

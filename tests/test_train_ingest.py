@@ -1,0 +1,88 @@
+"""A worker asks Ray Data for its first epoch as it starts (stages/train/loop.py: EarlyFirstEpoch): the same chunks,
+asked for before the worker has built its model, and nothing left waiting when the worker fails first."""
+
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from ray_recall.stages.train.loop import EarlyFirstEpoch, epoch_chunks
+
+
+class UsersOf(ArrowBatchCollateFn):
+    """A chunk -> its users, tagged so that which collate_fn built it shows."""
+
+    def __init__(self, tag: int = 0):
+        super().__init__()
+        self.tag = tag
+
+    def __call__(self, rows: pa.Table) -> dict[str, torch.Tensor]:
+        users = torch.from_numpy(rows.column("user_idx").to_numpy().astype(np.int64))
+        return {"user": users, "tag": torch.full_like(users, self.tag)}
+
+
+class RecordingShard:
+    """A shard (duck-typed DataIterator) over one table: records when its epoch's first chunk is asked for."""
+
+    def __init__(self, table: pa.Table):
+        self.table, self.asked = table, threading.Event()
+
+    def iter_torch_batches(self, batch_size, collate_fn, **_):
+        self.asked.set()
+        for start in range(0, self.table.num_rows, batch_size):
+            yield collate_fn(self.table.slice(start, batch_size))
+
+
+def _users(n: int) -> pa.Table:
+    return pa.table({"user_idx": np.arange(1, n + 1, dtype=np.int32)})
+
+
+def _early_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ray-recall-first-chunk"]
+
+
+def test_early_first_epoch_gives_the_chunks_of_the_epoch(ray_session):
+    """Same rows, same local shuffle, same chunks as the epoch asked for the usual way, built by the builder given
+    later."""
+    import ray
+
+    ds = ray.data.from_arrow([_users(300).slice(i, 60) for i in range(0, 300, 60)]).materialize()
+    ds.context.execution_options.preserve_order = True  # as the training ingest is (stages/train/stage.py)
+    early = EarlyFirstEpoch(ds, 32, 7, 0, 1, 0)
+    got = list(early.chunks(UsersOf(tag=1)))
+    want = list(epoch_chunks(ds, UsersOf(), 32, 7, 0, 1, 0))
+    assert [len(c["user"]) for c in got] == [len(c["user"]) for c in want]
+    assert torch.equal(torch.cat([c["user"] for c in got]), torch.cat([c["user"] for c in want]))
+    users = torch.cat([c["user"] for c in got])
+    assert sorted(users.tolist()) == list(range(1, 301))  # every user once
+    assert not torch.equal(users, torch.arange(1, 301))  # shuffled: the seed reached both
+    assert all(bool((c["tag"] == 1).all()) for c in got)  # built by the builder given to chunks()
+
+
+def test_first_chunk_is_asked_for_before_the_builder_is_given():
+    shard = RecordingShard(_users(10))
+    early = EarlyFirstEpoch(shard, 4, 0, 0, 1, 0)
+    assert shard.asked.wait(10)  # while the worker would still be building its model
+    chunks = list(early.chunks(UsersOf(tag=2)))
+    assert [c["user"].tolist() for c in chunks] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    assert all(bool((c["tag"] == 2).all()) for c in chunks)
+
+
+def test_a_worker_failing_before_its_first_epoch_leaves_no_thread_waiting():
+    shard = RecordingShard(_users(10))
+    early = EarlyFirstEpoch(shard, 4, 0, 0, 1, 0)
+    assert shard.asked.wait(10)
+    assert _early_threads()  # waiting for the builder
+    early.cancel(RuntimeError("model failed to build"))
+    deadline = time.monotonic() + 10
+    while _early_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _early_threads()
+
+
+def test_an_empty_shard_gives_an_empty_first_epoch():
+    early = EarlyFirstEpoch(RecordingShard(_users(0)), 4, 0, 0, 1, 0)
+    assert list(early.chunks(UsersOf())) == []
