@@ -1,5 +1,6 @@
-"""A worker asks Ray Data for its first epoch as it starts (stages/train/loop.py: EarlyFirstEpoch): the same chunks,
-asked for before the worker has built its model, and nothing left waiting when the worker fails first."""
+"""A worker asks Ray Data for an epoch before it trains on it (stages/train/loop.py: EarlyEpoch): its first epoch as it
+starts, before it has built its model, and each next one while the last is validated. The same chunks either way, and
+nothing left waiting when the worker fails first."""
 
 import threading
 import time
@@ -9,7 +10,7 @@ import pyarrow as pa
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
 
-from ray_recall.stages.train.loop import EarlyFirstEpoch, epoch_chunks
+from ray_recall.stages.train.loop import EarlyEpoch, epoch_chunks
 
 
 class UsersOf(ArrowBatchCollateFn):
@@ -41,7 +42,7 @@ def _users(n: int) -> pa.Table:
 
 
 def _early_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "ray-recall-first-chunk"]
+    return [t for t in threading.enumerate() if t.name == "ray-recall-early-chunk"]
 
 
 def test_early_first_epoch_gives_the_chunks_of_the_epoch(ray_session):
@@ -51,7 +52,7 @@ def test_early_first_epoch_gives_the_chunks_of_the_epoch(ray_session):
 
     ds = ray.data.from_arrow([_users(300).slice(i, 60) for i in range(0, 300, 60)]).materialize()
     ds.context.execution_options.preserve_order = True  # as the training ingest is (stages/train/stage.py)
-    early = EarlyFirstEpoch(ds, 32, 7, 0, 1, 0)
+    early = EarlyEpoch(ds, 32, 7, 0, 1, 0)
     got = list(early.chunks(UsersOf(tag=1)))
     want = list(epoch_chunks(ds, UsersOf(), 32, 7, 0, 1, 0))
     assert [len(c["user"]) for c in got] == [len(c["user"]) for c in want]
@@ -62,9 +63,24 @@ def test_early_first_epoch_gives_the_chunks_of_the_epoch(ray_session):
     assert all(bool((c["tag"] == 1).all()) for c in got)  # built by the builder given to chunks()
 
 
+def test_a_next_epoch_asked_for_with_its_builder_gives_its_chunks(ray_session):
+    """Epoch 1 asked for early (its builder given at once, as while epoch 0 is validated): epoch 1's chunks, not 0's."""
+    import ray
+
+    ds = ray.data.from_arrow([_users(300).slice(i, 60) for i in range(0, 300, 60)]).materialize()
+    ds.context.execution_options.preserve_order = True
+    list(epoch_chunks(ds, UsersOf(), 32, 7, 0, 1, 0))  # epoch 0, read the usual way
+    early = EarlyEpoch(ds, 32, 7, 1, 1, 0, UsersOf(tag=3))
+    got = torch.cat([c["user"] for c in early.chunks()])
+    want = torch.cat([c["user"] for c in epoch_chunks(ds, UsersOf(), 32, 7, 1, 1, 0)])
+    epoch0 = torch.cat([c["user"] for c in epoch_chunks(ds, UsersOf(), 32, 7, 0, 1, 0)])
+    assert torch.equal(got, want)
+    assert not torch.equal(got, epoch0)  # the epoch's own shuffle
+
+
 def test_first_chunk_is_asked_for_before_the_builder_is_given():
     shard = RecordingShard(_users(10))
-    early = EarlyFirstEpoch(shard, 4, 0, 0, 1, 0)
+    early = EarlyEpoch(shard, 4, 0, 0, 1, 0)
     assert shard.asked.wait(10)  # while the worker would still be building its model
     chunks = list(early.chunks(UsersOf(tag=2)))
     assert [c["user"].tolist() for c in chunks] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
@@ -73,7 +89,7 @@ def test_first_chunk_is_asked_for_before_the_builder_is_given():
 
 def test_a_worker_failing_before_its_first_epoch_leaves_no_thread_waiting():
     shard = RecordingShard(_users(10))
-    early = EarlyFirstEpoch(shard, 4, 0, 0, 1, 0)
+    early = EarlyEpoch(shard, 4, 0, 0, 1, 0)
     assert shard.asked.wait(10)
     assert _early_threads()  # waiting for the builder
     early.cancel(RuntimeError("model failed to build"))
@@ -84,5 +100,5 @@ def test_a_worker_failing_before_its_first_epoch_leaves_no_thread_waiting():
 
 
 def test_an_empty_shard_gives_an_empty_first_epoch():
-    early = EarlyFirstEpoch(RecordingShard(_users(0)), 4, 0, 0, 1, 0)
+    early = EarlyEpoch(RecordingShard(_users(0)), 4, 0, 0, 1, 0)
     assert list(early.chunks(UsersOf())) == []

@@ -149,23 +149,28 @@ class _BuilderToCome(ArrowBatchCollateFn):
         return self._builder.result()(rows)
 
 
-class EarlyFirstEpoch:
-    """The first epoch's chunks, asked of Ray Data as the worker starts, before it has built its model.
+class EarlyEpoch:
+    """An epoch's chunks, asked of Ray Data before the worker is ready to train on them.
 
-    A fit's first chunk waits seconds for Ray Data to start the shard's first epoch (the split coordinator's
-    first execution: ~3.5 s here), and nothing of that depends on the worker. So the epoch's stream is
-    created at once, with a collate_fn that waits for the builder (`chunks(builder)`), and a thread asks it
-    for its first chunk while the worker reads its data and builds its model, optimizer and validation sample
-    (~3.4 s here). The chunks are those `epoch_chunks` gives with the builder itself: the same rows, order and
-    draws.
+    Every epoch's first chunk waits for Ray Data to start the shard's epoch (the split coordinator's next
+    execution) and for the chunk's build, and nothing of that depends on the model. So the epoch's stream is
+    created early, and a thread asks it for its first chunk meanwhile:
+    - the first epoch's as the worker starts, while it reads its data and builds its model, optimizer and
+      validation sample (~3.5 s each here); its collate_fn waits for the builder (`chunks(builder)`);
+    - each next epoch's as soon as an epoch's steps end, while rank 0 validates and reports its checkpoint,
+      with the epoch's builder given at once.
+    The chunks are those `epoch_chunks` gives with the builder itself: the same rows, order and draws.
     """
 
-    def __init__(self, shard, rows: int, seed: int, epoch: int, world: int, rank: int):
+    def __init__(self, shard, rows: int, seed: int, epoch: int, world: int, rank: int,
+                 builder: SequenceBatchBuilder | None = None):
         self.epoch = epoch
         self._collate = _BuilderToCome()
+        if builder is not None:
+            self._collate.give(builder)
         self._it = iter(epoch_chunks(shard, self._collate, rows, seed, epoch, world, rank))
         self._first: Future = Future()
-        threading.Thread(target=self._pull, name="ray-recall-first-chunk", daemon=True).start()
+        threading.Thread(target=self._pull, name="ray-recall-early-chunk", daemon=True).start()
 
     def _pull(self) -> None:
         try:
@@ -173,13 +178,15 @@ class EarlyFirstEpoch:
         except BaseException as e:  # handed to the loop, which raises it where the chunks are read
             self._first.set_exception(e)
 
-    def chunks(self, builder: SequenceBatchBuilder):
-        self._collate.give(builder)
+    def chunks(self, builder: SequenceBatchBuilder | None = None):
+        """The epoch's chunks; `builder`: the epoch's builder, unless it was given when the epoch was asked for."""
+        if builder is not None:
+            self._collate.give(builder)
         first = self._first.result()
         return self._it if first is None else itertools.chain([first], self._it)
 
     def cancel(self, error: BaseException) -> None:
-        """The worker failed before its first epoch: release the waiting thread."""
+        """The worker failed before it had given the builder: release the waiting thread."""
         self._collate.fail(error)
 
 
@@ -242,8 +249,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is None and loop_config.get("resume_from"):
         ckpt = ray.train.Checkpoint(loop_config["resume_from"], filesystem=run.fs)
-    early = None if ckpt else EarlyFirstEpoch(shard, chunk_rows(cfg, run.read_meta(), run.read_schema().max_len),
-                                               tc.seed, 0, world, rank)
+    early = None if ckpt else EarlyEpoch(shard, chunk_rows(cfg, run.read_meta(), run.read_schema().max_len),
+                                         tc.seed, 0, world, rank)
     try:
         trainer, model, history, start_epoch, val, sync = _set_up(cfg, run, ckpt, rank)
     except BaseException as e:
@@ -269,11 +276,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         shard_users: list[np.ndarray] = []  # the users this worker trained on this epoch (a part of its shard)
         # Ray Data hands over chunks of whole users, built into examples (windows, negatives) in its prefetch
         # thread and cut into this worker's batches here: Ray Data's per-batch cost is paid once a chunk.
-        builder = trainer.builder(epoch, per_worker_batch)
         if early is not None and early.epoch == epoch:
-            chunks = early.chunks(builder)
+            chunks = early.chunks(trainer.builder(epoch, per_worker_batch) if epoch == start_epoch else None)
         else:
-            chunks = epoch_chunks(shard, builder, trainer.rows_per_chunk, tc.seed, epoch, world, rank)
+            chunks = epoch_chunks(shard, trainer.builder(epoch, per_worker_batch), trainer.rows_per_chunk, tc.seed,
+                                  epoch, world, rank)
         shown = time.perf_counter()
         for step, (batch, weight) in enumerate(lockstep(chunks, per_worker_batch, world)):
             if tc.max_steps is not None and step >= tc.max_steps:  # every worker stops at the same step
@@ -290,6 +297,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 emit_progress(lines, f"[train] epoch {epoch + 1}/{tc.epochs}", int(loss_sum[1]) * world,
                               trainer.meta["samples"]["train"], "targets")
         loss_sum[2] = time.process_time() - cpu0
+        epoch_seconds = time.perf_counter() - t0
+        early = None
+        if epoch + 1 < tc.epochs and not (tc.max_train_seconds is not None and stop_reason(
+                history + [{"epoch_seconds": epoch_seconds}], tc, on_metric=False)):
+            # The next epoch's stream starts now, beside the validation and the checkpoint's report (rank 0) or
+            # the wait for them (the other ranks); an early stop on validation leaves it unread.
+            early = EarlyEpoch(shard, trainer.rows_per_chunk, tc.seed, epoch + 1, world, rank,
+                               trainer.builder(epoch + 1, per_worker_batch))
         if epoch == start_epoch:
             _record_shard(run, rank, shard_users)
         if world > 1:
@@ -297,7 +312,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # cpu_seconds: user + system CPU of every worker process in the epoch (all its threads), summed.
         # samples: training targets scored (per prefix: samples; all positions: positions with a next item).
         metrics = {"epoch": epoch, "loss": float(loss_sum[0] / max(loss_sum[1], 1)), "samples": int(loss_sum[1]),
-                   "epoch_seconds": round(time.perf_counter() - t0, 3), "cpu_seconds": round(float(loss_sum[2]), 3)}
+                   "epoch_seconds": round(epoch_seconds, 3), "cpu_seconds": round(float(loss_sum[2]), 3)}
         stop = torch.zeros(1)
         if rank == 0:
             metrics.update(validate(core, val, trainer.schema.max_len, tc.val_k))
@@ -337,15 +352,16 @@ def model_file(model: torch.nn.Module, cfg: PipelineConfig) -> ModelFile:
                      {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
-def stop_reason(history: list[dict], tc) -> str | None:
+def stop_reason(history: list[dict], tc, on_metric: bool = True) -> str | None:
     """Why training stops after the last epoch of `history`, or None to go on.
 
-    "early stop": no better selection metric in the last `early_stopping_patience` epochs.
+    "early stop": no better selection metric in the last `early_stopping_patience` epochs (on_metric=False: not
+    asked, for a history whose last epoch is not validated yet).
     "time budget": the next epoch, if it took as long as the last, would end past `max_train_seconds`
     of epochs (their wall time; validation is not counted).
     """
     patience = tc.early_stopping_patience
-    if patience and len(history) > patience:
+    if on_metric and patience and len(history) > patience:
         values = [h[tc.selection_metric] for h in history]
         if max(values[-patience:]) <= max(values[:-patience]):
             return "early stop"
