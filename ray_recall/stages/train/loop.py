@@ -302,7 +302,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if epoch + 1 < tc.epochs and not (tc.max_train_seconds is not None and stop_reason(
                 history + [{"epoch_seconds": epoch_seconds}], tc, on_metric=False)):
             # The next epoch's stream starts now, beside the validation and the checkpoint's report (rank 0) or
-            # the wait for them (the other ranks); an early stop on validation leaves it unread.
+            # the wait for them (the other ranks); an early stop on validation leaves it unread, as does a budget
+            # that only rank 0, which keeps the history, sees spent.
             early = EarlyEpoch(shard, trainer.rows_per_chunk, tc.seed, epoch + 1, world, rank,
                                trainer.builder(epoch + 1, per_worker_batch))
         if epoch == start_epoch:
