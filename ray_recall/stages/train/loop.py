@@ -298,7 +298,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                               trainer.meta["samples"]["train"], "targets")
         loss_sum[2] = time.process_time() - cpu0
         epoch_seconds = time.perf_counter() - t0
-        early = None
+        chunks = early = None  # this epoch's stream (prefetched chunks, if train.max_steps cut it) goes first
         if epoch + 1 < tc.epochs and not (tc.max_train_seconds is not None and stop_reason(
                 history + [{"epoch_seconds": epoch_seconds}], tc, on_metric=False)):
             # The next epoch's stream starts now, beside the validation and the checkpoint's report (rank 0) or
