@@ -86,7 +86,7 @@ def test_early_stopping_and_curves(data_copy):
 
 def test_stop_reason_patience_and_time_budget():
     from ray_recall.config import PipelineConfig
-    from ray_recall.stages.train.loop import stop_reason
+    from ray_recall.stages.train.loop import budget_spent, stop_reason
 
     def history(values, seconds=10.0):
         return [{"val_recall@10": v, "epoch_seconds": seconds} for v in values]
@@ -95,12 +95,12 @@ def test_stop_reason_patience_and_time_budget():
     assert stop_reason(history([0.1, 0.2, 0.3]), tc) is None
     assert stop_reason(history([0.1, 0.3, 0.2]), tc) is None  # one epoch without a better value: go on
     assert stop_reason(history([0.1, 0.3, 0.2, 0.3]), tc) == "early stop"  # a tie is not better
-    assert stop_reason(history([0.1, 0.3, 0.2, 0.3]), tc, on_metric=False) is None  # before the last is validated
+    assert not budget_spent([10.0] * 4, tc)  # the budget alone, known before the last epoch is validated: none set
     # A 35 s budget with 10 s epochs: after three (30 s spent) a fourth would end at 40 s.
     tc = PipelineConfig().train.model_copy(update={"max_train_seconds": 35.0})
     assert stop_reason(history([0.1, 0.2]), tc) is None
     assert stop_reason(history([0.1, 0.2, 0.3]), tc) == "time budget"
-    assert stop_reason(history([0.1, 0.2, 0.3]), tc, on_metric=False) == "time budget"  # known before validation
+    assert budget_spent([10.0] * 3, tc) and not budget_spent([10.0] * 2, tc) and not budget_spent([], tc)
     assert stop_reason(history([0.1], seconds=50.0), tc) == "time budget"  # the first epoch always runs
     assert stop_reason(history([0.1] * 9), PipelineConfig().train) is None  # neither rule set: never
 

@@ -53,14 +53,15 @@ def test_early_first_epoch_gives_the_chunks_of_the_epoch(ray_session):
     ds = ray.data.from_arrow([_users(300).slice(i, 60) for i in range(0, 300, 60)]).materialize()
     ds.context.execution_options.preserve_order = True  # as the training ingest is (stages/train/stage.py)
     early = EarlyEpoch(ds, 32, 7, 0, 1, 0)
-    got = list(early.chunks(UsersOf(tag=1)))
+    early.give(UsersOf(tag=1))
+    got = list(early.chunks())
     want = list(epoch_chunks(ds, UsersOf(), 32, 7, 0, 1, 0))
     assert [len(c["user"]) for c in got] == [len(c["user"]) for c in want]
     assert torch.equal(torch.cat([c["user"] for c in got]), torch.cat([c["user"] for c in want]))
     users = torch.cat([c["user"] for c in got])
     assert sorted(users.tolist()) == list(range(1, 301))  # every user once
     assert not torch.equal(users, torch.arange(1, 301))  # shuffled: the seed reached both
-    assert all(bool((c["tag"] == 1).all()) for c in got)  # built by the builder given to chunks()
+    assert all(bool((c["tag"] == 1).all()) for c in got)  # built by the builder given later
 
 
 def test_a_next_epoch_asked_for_with_its_builder_gives_its_chunks(ray_session):
@@ -82,7 +83,8 @@ def test_first_chunk_is_asked_for_before_the_builder_is_given():
     shard = RecordingShard(_users(10))
     early = EarlyEpoch(shard, 4, 0, 0, 1, 0)
     assert shard.asked.wait(10)  # while the worker would still be building its model
-    chunks = list(early.chunks(UsersOf(tag=2)))
+    early.give(UsersOf(tag=2))
+    chunks = list(early.chunks())
     assert [c["user"].tolist() for c in chunks] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
     assert all(bool((c["tag"] == 2).all()) for c in chunks)
 
@@ -101,4 +103,5 @@ def test_a_worker_failing_before_its_first_epoch_leaves_no_thread_waiting():
 
 def test_an_empty_shard_gives_an_empty_first_epoch():
     early = EarlyEpoch(RecordingShard(_users(0)), 4, 0, 0, 1, 0)
-    assert list(early.chunks(UsersOf())) == []
+    early.give(UsersOf())
+    assert list(early.chunks()) == []

@@ -156,7 +156,7 @@ class EarlyEpoch:
     execution) and for the chunk's build, and nothing of that depends on the model. So the epoch's stream is
     created early, and a thread asks it for its first chunk meanwhile:
     - the first epoch's as the worker starts, while it reads its data and builds its model, optimizer and
-      validation sample (~3.5 s each here); its collate_fn waits for the builder (`chunks(builder)`);
+      validation sample (~3.5 s each here); its collate_fn waits for the builder (`give`);
     - each next epoch's as soon as an epoch's steps end, while rank 0 validates and reports its checkpoint,
       with the epoch's builder given at once.
     The chunks are those `epoch_chunks` gives with the builder itself: the same rows, order and draws.
@@ -164,10 +164,9 @@ class EarlyEpoch:
 
     def __init__(self, shard, rows: int, seed: int, epoch: int, world: int, rank: int,
                  builder: SequenceBatchBuilder | None = None):
-        self.epoch = epoch
         self._collate = _BuilderToCome()
         if builder is not None:
-            self._collate.give(builder)
+            self.give(builder)
         self._it = iter(epoch_chunks(shard, self._collate, rows, seed, epoch, world, rank))
         self._first: Future = Future()
         threading.Thread(target=self._pull, name="ray-recall-early-chunk", daemon=True).start()
@@ -178,10 +177,12 @@ class EarlyEpoch:
         except BaseException as e:  # handed to the loop, which raises it where the chunks are read
             self._first.set_exception(e)
 
-    def chunks(self, builder: SequenceBatchBuilder | None = None):
-        """The epoch's chunks; `builder`: the epoch's builder, unless it was given when the epoch was asked for."""
-        if builder is not None:
-            self._collate.give(builder)
+    def give(self, builder: SequenceBatchBuilder) -> None:
+        """The epoch's builder, when it was not given as the epoch was asked for."""
+        self._collate.give(builder)
+
+    def chunks(self):
+        """The epoch's chunks (its builder given)."""
         first = self._first.result()
         return self._it if first is None else itertools.chain([first], self._it)
 
@@ -257,6 +258,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if early is not None:
             early.cancel(e)
         raise
+    if early is not None:
+        early.give(trainer.builder(start_epoch, per_worker_batch))
     core = getattr(model, "module", model)
     device = ray.train.torch.get_device()
     gather = gather_rows if world > 1 and tc.in_batch_negatives and tc.gather_negatives else None
@@ -276,8 +279,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         shard_users: list[np.ndarray] = []  # the users this worker trained on this epoch (a part of its shard)
         # Ray Data hands over chunks of whole users, built into examples (windows, negatives) in its prefetch
         # thread and cut into this worker's batches here: Ray Data's per-batch cost is paid once a chunk.
-        if early is not None and early.epoch == epoch:
-            chunks = early.chunks(trainer.builder(epoch, per_worker_batch) if epoch == start_epoch else None)
+        if early is not None:  # asked for before this epoch (the one it is always for)
+            chunks = early.chunks()
         else:
             chunks = epoch_chunks(shard, trainer.builder(epoch, per_worker_batch), trainer.rows_per_chunk, tc.seed,
                                   epoch, world, rank)
@@ -297,10 +300,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 emit_progress(lines, f"[train] epoch {epoch + 1}/{tc.epochs}", int(loss_sum[1]) * world,
                               trainer.meta["samples"]["train"], "targets")
         loss_sum[2] = time.process_time() - cpu0
-        epoch_seconds = time.perf_counter() - t0
+        epoch_seconds = round(time.perf_counter() - t0, 3)
         chunks = early = None  # this epoch's stream (prefetched chunks, if train.max_steps cut it) goes first
-        if epoch + 1 < tc.epochs and not (tc.max_train_seconds is not None and stop_reason(
-                history + [{"epoch_seconds": epoch_seconds}], tc, on_metric=False)):
+        if epoch + 1 < tc.epochs and not budget_spent([h["epoch_seconds"] for h in history] + [epoch_seconds], tc):
             # The next epoch's stream starts now, beside the validation and the checkpoint's report (rank 0) or
             # the wait for them (the other ranks); an early stop on validation leaves it unread, as does a budget
             # that only rank 0, which keeps the history, sees spent.
@@ -313,7 +315,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # cpu_seconds: user + system CPU of every worker process in the epoch (all its threads), summed.
         # samples: training targets scored (per prefix: samples; all positions: positions with a next item).
         metrics = {"epoch": epoch, "loss": float(loss_sum[0] / max(loss_sum[1], 1)), "samples": int(loss_sum[1]),
-                   "epoch_seconds": round(epoch_seconds, 3), "cpu_seconds": round(float(loss_sum[2]), 3)}
+                   "epoch_seconds": epoch_seconds, "cpu_seconds": round(float(loss_sum[2]), 3)}
         stop = torch.zeros(1)
         if rank == 0:
             metrics.update(validate(core, val, trainer.schema.max_len, tc.val_k))
@@ -353,21 +355,24 @@ def model_file(model: torch.nn.Module, cfg: PipelineConfig) -> ModelFile:
                      {k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
-def stop_reason(history: list[dict], tc, on_metric: bool = True) -> str | None:
+def stop_reason(history: list[dict], tc) -> str | None:
     """Why training stops after the last epoch of `history`, or None to go on.
 
-    "early stop": no better selection metric in the last `early_stopping_patience` epochs (on_metric=False: not
-    asked, for a history whose last epoch is not validated yet).
-    "time budget": the next epoch, if it took as long as the last, would end past `max_train_seconds`
-    of epochs (their wall time; validation is not counted).
+    "early stop": no better selection metric in the last `early_stopping_patience` epochs.
+    "time budget": `budget_spent` by the epochs' wall time.
     """
     patience = tc.early_stopping_patience
-    if on_metric and patience and len(history) > patience:
+    if patience and len(history) > patience:
         values = [h[tc.selection_metric] for h in history]
         if max(values[-patience:]) <= max(values[:-patience]):
             return "early stop"
-    if tc.max_train_seconds is not None and history:
-        spent = sum(h["epoch_seconds"] for h in history)
-        if spent + history[-1]["epoch_seconds"] > tc.max_train_seconds:
-            return "time budget"
+    if budget_spent([h["epoch_seconds"] for h in history], tc):
+        return "time budget"
     return None
+
+
+def budget_spent(epoch_seconds: list[float], tc) -> bool:
+    """Whether another epoch, if it took as long as the last of `epoch_seconds`, would end past
+    `train.max_train_seconds` of epochs (their wall time; validation is not counted). No budget: never."""
+    return (tc.max_train_seconds is not None and bool(epoch_seconds)
+            and sum(epoch_seconds) + epoch_seconds[-1] > tc.max_train_seconds)
