@@ -150,7 +150,7 @@ class Optimizers:
         ids = {id(p) for p in sparse}
         dense = [p for p in model.parameters() if id(p) not in ids]
         # fused: one kernel over every parameter (CPU and CUDA), 0.5 ms a step for SASRec's 161k parameters
-        # against 1.9-3.1 ms for the per-operation default (benchmarks/train.md)
+        # against 1.9-3.1 ms for the per-operation default (benchmarks/scale_train.md)
         self.dense = torch.optim.Adam(dense, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
         self.sparse = RowAdam(sparse, lr=tc.lr) if sparse else None
         self.sparse_rows = sum(p.shape[0] for p in sparse)
