@@ -121,7 +121,8 @@ class DataConfig(_Section):
     item_col: StrictStr = "item_id"
     """column holding item ids (table source)"""
     time_col: StrictStr = "timestamp"
-    """column holding numeric or datetime timestamps (table source)"""
+    """column holding the timestamps (table source): numbers (seconds), date-times, or ISO 8601 strings (UTC without a
+    zone)"""
     user_feature_cols: tuple[StrictStr, ...] = ()
     """user attribute columns used as features"""
     item_feature_cols: tuple[StrictStr, ...] = ()

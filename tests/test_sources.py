@@ -191,28 +191,73 @@ def test_empty_file(tmp_path, stage):
 
 
 def test_non_numeric_timestamp(tmp_path, stage):
-    df = _log().rename(columns={"uid": "user_id", "iid": "item_id", "ts": "timestamp"})
-    df["timestamp"] = df["timestamp"].astype(str)
-    df.loc[7, "timestamp"] = "yesterday"
+    """Named as the input names it (the column and the config key that maps it), on both paths."""
+    df = _log()
+    df["ts"] = df["ts"].astype(str)
+    df.loc[7, "ts"] = "yesterday"
     path = tmp_path / "log.csv"
     df.to_csv(path, index=False)
-    _expect_error(tmp_path, _table_cfg(tmp_path, path, stage), "'timestamp' is not numeric", "yesterday")
+    cfg = _table_cfg(tmp_path, path, stage, user_col="uid", item_col="iid", time_col="ts")
+    _expect_error(tmp_path, cfg, str(path), "column 'ts' (data.time_col) holds 'yesterday'",
+                  "neither a number nor an ISO 8601 date-time")
+
+
+def test_date_time_strings_are_seconds_since_the_epoch(tmp_path):
+    """Timestamps stored as ISO 8601 strings (here in Parquet, which no reader parses for us): without a zone as UTC,
+    with one converted, the fraction of a second kept, so that it orders a user's events within one second."""
+    df = pd.DataFrame({"uid": ["u1"] * 3 + ["u2"] * 3, "iid": ["c", "a", "b", "a", "b", "c"],
+                       "ts": ["2024-01-11T10:08:15+01:00", "2024-01-11T09:08:14.5", "2024-01-11 09:08:14",
+                              "2024-01-11", "2024-01-12T00:00:00Z", "2024-01-12 00:00:01"]})
+    df.to_parquet(tmp_path / "log.parquet")
+    cfg = _table_cfg(tmp_path, tmp_path / "log.parquet", user_col="uid", item_col="iid", time_col="ts")
+    run = RunDir(cfg.run_dir)
+    preprocess(cfg, run, log=lambda *_: None)
+    items, users = run.read_item_vocab().ids, run.read_user_vocab().ids
+    rows = run.read_parquet("data", "sequences", columns=["user_idx", "items", "times"]).to_pylist()
+    got = {users[r["user_idx"] - 1]: ([items[i - 1] for i in r["items"]], r["times"]) for r in rows}
+    day = 1704931200.0  # 2024-01-11T00:00:00Z
+    assert got == {"u1": (["b", "a", "c"], [day + 32894.0, day + 32894.5, day + 32895.0]),
+                   "u2": (["a", "b", "c"], [day, day + 86400.0, day + 86401.0])}
+
+
+@pytest.mark.parametrize("values, needle", [
+    (["1700000000", "2024-01-11"], "mixes numbers and date-times (e.g. '1700000000' and '2024-01-11')"),
+    (["2024-01-11", "11/01/2024"], "holds '11/01/2024', which is neither a number nor an ISO 8601 date-time"),
+    (["1", "nan"], "holds nan, not a finite time"),
+])
+def test_bad_timestamps_name_the_column_and_value(values, needle):
+    import pyarrow as pa
+
+    from ray_recall.stages.preprocess.sources import validate_and_normalize
+
+    batch = pa.table({"user_id": ["u"] * len(values), "item_id": ["i"] * len(values), "timestamp": values})
+    with pytest.raises(DataError) as e:
+        validate_and_normalize(batch, "table log.csv", {"timestamp": "'ts' (data.time_col)"})
+    assert str(e.value).startswith("table log.csv: column 'ts' (data.time_col) ") and needle in str(e.value), str(e.value)
+
+
+def test_empty_ids_are_an_error_not_an_id(tmp_path):
+    """A CSV's empty field is read as an empty string: it must not become a user or an item."""
+    path = tmp_path / "log.csv"
+    path.write_text("uid,iid,ts\nu1,a,1\nu1,,2\nu1,c,3\n")
+    cfg = _table_cfg(tmp_path, path, user_col="uid", item_col="iid", time_col="ts")
+    _expect_error(tmp_path, cfg, str(path), "column 'iid' (data.item_col) has empty ids (1 in one block)")
 
 
 def test_missing_timestamp(tmp_path, stage):
     path = tmp_path / "log.csv"
     path.write_text("user_id,item_id,timestamp\n1,1,100\n1,2,\n1,3,102\n")
-    _expect_error(tmp_path, _table_cfg(tmp_path, path, stage), str(path), "'timestamp' has missing values")
+    _expect_error(tmp_path, _table_cfg(tmp_path, path, stage), str(path), "column 'timestamp' (data.time_col) has missing values")
 
 
 def test_null_and_negative_ids(tmp_path, stage):
     df = pd.DataFrame({"user_id": [1.0, np.nan, 2.0], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
     df.to_parquet(tmp_path / "nulls.parquet")
-    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nulls.parquet", stage), "'user_id' has null values",
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "nulls.parquet", stage), "column 'user_id' (data.user_col) has null values",
                   str(tmp_path / "nulls.parquet"))
     df = pd.DataFrame({"user_id": [1, 1, 1], "item_id": [1, -2, 3], "timestamp": [1, 2, 3]})
     df.to_parquet(tmp_path / "neg.parquet")
-    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "neg.parquet", stage), "'item_id' has a negative id (-2)")
+    _expect_error(tmp_path, _table_cfg(tmp_path, tmp_path / "neg.parquet", stage), "column 'item_id' (data.item_col) has a negative id (-2)")
 
 
 def test_missing_file(tmp_path):

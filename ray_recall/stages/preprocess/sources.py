@@ -11,6 +11,7 @@ does only below the data stage's `data.in_process_max_rows`.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class RawData:
     description: str = ""
     extra: dict = field(default_factory=dict)
     local: LocalLog | None = None
+    column_names: dict[str, str] = field(default_factory=dict)  # user_id | item_id | timestamp -> as errors name it
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,8 +333,10 @@ def _table(cfg: DataConfig) -> RawData:
         users = users.rename(columns={cfg.user_col: USER})
     if items is not None:
         items = items.rename(columns={cfg.item_col: ITEM})
+    names = {USER: f"{cfg.user_col!r} (data.user_col)", ITEM: f"{cfg.item_col!r} (data.item_col)",
+             TIME: f"{cfg.time_col!r} (data.time_col)"}
     return RawData(inter, users, items, cfg.user_feature_cols, cfg.item_feature_cols, cfg.multi_value_cols,
-                   cfg.multi_value_sep, cfg.title_col, f"table {cfg.path}", local=local)
+                   cfg.multi_value_sep, cfg.title_col, f"table {cfg.path}", local=local, column_names=names)
 
 
 def _dedupe_block(batch: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -396,33 +400,80 @@ def load_source(cfg: DataConfig) -> RawData:
 # Validation of the normalized log, one batch at a time
 
 
-def validate_and_normalize(batch: pa.Table, source: str) -> pa.Table:
-    """Check one batch of (user_id, item_id, timestamp): no nulls, no negative numeric ids, numeric timestamps.
+def validate_and_normalize(batch: pa.Table, source: str, names: dict[str, str] | None = None) -> pa.Table:
+    """Check one batch of (user_id, item_id, timestamp): no missing or empty ids, no negative numeric ids, timestamps
+    that are numbers or date-times.
 
-    Returns the batch with the timestamp as float64 seconds. Raises DataError naming the source, column and value.
+    Returns the batch with the timestamp as float64 seconds since the epoch: numbers as they are, date-times
+    (typed, or strings in ISO 8601; a string without a zone is read as UTC, as pyarrow's CSV reader reads it)
+    converted. Raises DataError naming the source, the column as the input names it (`names`: normalized name ->
+    how to show it, e.g. {"timestamp": "'ts' (data.time_col)"}) and the value.
     """
+    shown = {col: (names or {}).get(col) or repr(col) for col in (USER, ITEM, TIME)}
     for col in (USER, ITEM):
         arr = batch.column(col)
         if arr.null_count:
-            raise DataError(f"{source}: column {col!r} has null values ({arr.null_count} in one block)")
+            raise DataError(f"{source}: column {shown[col]} has null values ({arr.null_count} in one block)")
         if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
             if pc.any(pc.less(arr, 0)).as_py():
                 bad = pc.min(arr).as_py()
-                raise DataError(f"{source}: column {col!r} has a negative id ({bad})")
+                raise DataError(f"{source}: column {shown[col]} has a negative id ({bad})")
+        elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            # A CSV's empty field reads as an empty string, not a null: an id it cannot be.
+            empty = pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(arr)), 0)).as_py() or 0
+            if empty:
+                raise DataError(f"{source}: column {shown[col]} has empty ids ({empty} in one block)")
     ts = batch.column(TIME)
     if ts.null_count:
-        raise DataError(f"{source}: column {TIME!r} has missing values ({ts.null_count} in one block)")
+        raise DataError(f"{source}: column {shown[TIME]} has missing values ({ts.null_count} in one block)")
+    if not (pa.types.is_timestamp(ts.type) or pa.types.is_date(ts.type)
+            or pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type)):
+        ts = _parse_times(pc.cast(ts, pa.string()), source, shown[TIME])
     if pa.types.is_timestamp(ts.type) or pa.types.is_date(ts.type):
-        ts = pc.divide(pc.cast(pc.cast(ts, pa.timestamp("us")), pa.int64()), 1_000_000)
-    elif not (pa.types.is_integer(ts.type) or pa.types.is_floating(ts.type)):
-        as_str = pc.cast(ts, pa.string())
+        # Microseconds over a float division: the fraction of a second orders a user's events within it.
+        ts = pc.divide(pc.cast(pc.cast(pc.cast(ts, pa.timestamp("us")), pa.int64()), pa.float64()), 1e6)
+    ts = pc.cast(ts, pa.float64())
+    if not pc.all(pc.is_finite(ts)).as_py():
+        bad = next(v for v in ts.to_pylist() if not np.isfinite(v))
+        raise DataError(f"{source}: column {shown[TIME]} holds {bad}, not a finite time")
+    return batch.set_column(batch.schema.get_field_index(TIME), TIME, ts)
+
+
+# What a timestamp string may be, tried in turn on a whole column: a number, an ISO 8601 date-time without a zone
+# (UTC), one with a zone ('Z', '+01:00').
+_TIME_PARSES = (pa.float64(), pa.timestamp("us"), pa.timestamp("us", tz="UTC"))
+
+
+def _parse_times(values, source: str, shown: str):
+    for kind in _TIME_PARSES:
         try:
-            ts = pc.cast(as_str, pa.float64())
+            return pc.cast(values, kind)
         except pa.ArrowInvalid:
-            values = as_str.to_pylist()
-            bad = next(v for v in values if not _is_number(v))
-            raise DataError(f"{source}: column {TIME!r} is not numeric (value {bad!r})") from None
-    return batch.set_column(batch.schema.get_field_index(TIME), TIME, pc.cast(ts, pa.float64()))
+            continue
+    strings = values.to_pylist()
+    bad = next((v for v in strings if not (_is_number(v) or _is_datetime(v))), None)
+    if bad is not None:
+        raise DataError(f"{source}: column {shown} holds {bad!r}, which is neither a number nor an ISO 8601 date-time")
+    numbers = [v for v in strings if _is_number(v)]
+    if numbers:
+        when = next(v for v in strings if not _is_number(v))
+        raise DataError(f"{source}: column {shown} mixes numbers and date-times (e.g. {numbers[0]!r} and {when!r}): "
+                        "give one kind")
+    # ISO 8601 forms pyarrow's parser does not take, or date-times with and without a zone side by side.
+    return pa.array([_utc_seconds(v) for v in strings], pa.float64())
+
+
+def _utc_seconds(v: str) -> float:
+    when = datetime.datetime.fromisoformat(v)
+    return (when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)).timestamp()
+
+
+def _is_datetime(v) -> bool:
+    try:
+        datetime.datetime.fromisoformat(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_number(v) -> bool:

@@ -52,8 +52,8 @@ def write_partitions(sequences: pa.Table, num_partitions: int, run: RunDir, at: 
     return pa.Table.from_pylist(rows, schema=_STATS)
 
 
-def _encode_block(batch: pa.Table, user_vocab, item_vocab, source: str, num_partitions: int) -> pa.Table:
-    encoded = encode_ids(validate_and_normalize(batch, source), user_vocab, item_vocab)
+def _encode_block(batch: pa.Table, user_vocab, item_vocab, source: str, names: dict, num_partitions: int) -> pa.Table:
+    encoded = encode_ids(validate_and_normalize(batch, source, names), user_vocab, item_vocab)
     return encoded.append_column("part", pa.array(user_partition(encoded.column("user_idx").to_numpy(), num_partitions)))
 
 
@@ -62,8 +62,8 @@ def _build_and_write(block: pa.Table, num_partitions: int, run_uri: str, at: str
     return write_partitions(seq.build_sequences(block, **seq_kwargs), num_partitions, RunDir(run_uri), at)
 
 
-def _validate_only(batch: pa.Table, source: str) -> pa.Table:
-    return validate_and_normalize(batch, source).select([USER, ITEM])
+def _validate_only(batch: pa.Table, source: str, names: dict) -> pa.Table:
+    return validate_and_normalize(batch, source, names).select([USER, ITEM])
 
 
 def _sorted_vocab(values: list, column: str) -> np.ndarray:
@@ -150,7 +150,8 @@ def _on_ray_data(cfg: PipelineConfig, raw: RawData, run: RunDir, tmp: str, log) 
     """The partitions written under `tmp` by Ray Data; returns the vocabularies and the statistics."""
     t0 = time.perf_counter()
     try:
-        validated = raw.interactions.map_batches(_validate_only, fn_kwargs={"source": raw.description},
+        validated = raw.interactions.map_batches(_validate_only,
+                                                 fn_kwargs={"source": raw.description, "names": raw.column_names},
                                                  batch_format="pyarrow", batch_size=None)
         # One pass: both vocabularies and the row count (which sizes the partitions below).
         found = _global_aggregate(validated, Unique(USER), Unique(ITEM), Count())
@@ -167,7 +168,7 @@ def _on_ray_data(cfg: PipelineConfig, raw: RawData, run: RunDir, tmp: str, log) 
         f"building sequences in {n} partitions")
     encoded = raw.interactions.map_batches(
         _encode_block, fn_kwargs={"user_vocab": user_vocab, "item_vocab": item_vocab, "source": raw.description,
-                                  "num_partitions": n}, batch_format="pyarrow", batch_size=None)
+                                  "names": raw.column_names, "num_partitions": n}, batch_format="pyarrow", batch_size=None)
     # Every row of a partition lands in one block, whichever others share it; duplicates are found there.
     written = encoded.repartition(n, keys=["part"]).map_batches(
         _build_and_write, fn_kwargs={"num_partitions": n, "run_uri": run.uri, "at": tmp,
@@ -196,7 +197,7 @@ def _in_process(cfg: PipelineConfig, raw: RawData, run: RunDir, tmp: str, log) -
         raise _unreadable_error(raw, e) from None
     if table.num_rows == 0:
         raise _empty_error(raw)
-    table = validate_and_normalize(table, raw.description)
+    table = validate_and_normalize(table, raw.description, raw.column_names)
     user_vocab = _sorted_vocab(pc.unique(table.column(USER)).to_pylist(), USER)
     item_vocab = _sorted_vocab(pc.unique(table.column(ITEM)).to_pylist(), ITEM)
     n = _partitions(cfg, table.num_rows)
