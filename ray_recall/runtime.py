@@ -114,6 +114,11 @@ def loopback_only():
 _STARTED_HERE = False  # whether init_ray started the Ray in use (a single node, in this process)
 
 
+def started_here() -> bool:
+    """Whether the Ray in use was started by `init_ray` in this process (and stops with it)."""
+    return _STARTED_HERE and ray.is_initialized()
+
+
 def map_on_actors(ds, fn, **kwargs):
     """`ds.map_batches(fn, **kwargs)` for the project's Ray Data actor pools (embedding, evaluation).
 
@@ -124,7 +129,7 @@ def map_on_actors(ds, fn, **kwargs):
     which a re-run redoes. Ray 2.60 has no named parameter for it yet (its remote-args function is
     deprecated for Ray 2.64; that warning is ours to silence, not the user's to read).
     """
-    if not (_STARTED_HERE and ray.is_initialized()):
+    if not started_here():
         return ds.map_batches(fn, **kwargs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`ray_remote_args_fn` is deprecated")

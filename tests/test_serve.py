@@ -343,3 +343,54 @@ def test_healthz_answers_503_at_once_while_the_first_run_loads(endpoint, recalle
     finally:
         serve.delete(app)
         proxy.close()
+
+
+def test_the_serve_command_answers_shows_its_own_lines_only_and_stops_on_ctrl_c(trained_run, recaller, tmp_path):
+    """`ray-recall serve` as a user runs it, with a Ray of its own started in-process: it answers on the port it was
+    given; its console holds the project's lines only (not Serve's start-up lines, nor Ray's report of the Serve
+    controller killed under a pending call); Ctrl-C stops it, with nothing of its Ray left running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.ray_head import processes_under
+
+    cfg, _ = trained_run
+    cwd = tmp_path / "serve_command"  # every process of its Ray works here (how the leftovers are found)
+    cwd.mkdir()
+    log_path, port = cwd / "console.log", free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_RECALL_VERBOSE")}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_recall.cli", "serve", "--run-dir", str(cfg.run_dir),
+                                 "--port", str(port)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "Ctrl-C to stop." not in log_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.5)
+        user = _users(recaller, 1)[0]
+        r = _post(f"http://127.0.0.1:{port}", {"user_id": user, "k": 3})
+        assert r.status_code == 200, r.text
+        assert [it["item_id"] for it in r.json()["items"]] == [it["item_id"] for it in recaller.recall(user, 3)]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+        assert lines[0] == f"Recall endpoint for {cfg.run_dir} at http://127.0.0.1:{port} (1 replica)", lines
+        assert lines[1:] == [f"  curl -s http://127.0.0.1:{port}/healthz", lines[2], "Ctrl-C to stop.",
+                             "Shutting down Serve."], lines
+        assert lines[2].startswith(f"  curl -s -X POST http://127.0.0.1:{port}/recall "), lines
+        deadline = time.monotonic() + 60
+        while left := processes_under(str(cwd)):
+            assert time.monotonic() < deadline, f"processes of the command's Ray still running: {left}"
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        for pid in processes_under(str(cwd)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -41,9 +41,10 @@ from fastapi.responses import JSONResponse
 from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, ValidationError,
                       ValidationInfo, WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
+import ray
 from ray import serve
 
-from ray_recall.runtime import bound_heap_growth, init_ray
+from ray_recall.runtime import bound_heap_growth, init_ray, started_here, verbose
 from ray_recall.serve.recaller import InvalidQueryError, Query, Recaller, UnknownUserError
 
 APP_NAME = "ray_recall"
@@ -585,6 +586,8 @@ def serve_forever(run_dir: str, host: str = "127.0.0.1", port: int = 8000, repli
     from ray_recall.rundir import RunDir
 
     init_ray()
+    if not verbose():  # Serve's own lines on starting (and a misleading "connecting to existing Serve app"): ours say it
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -605,4 +608,9 @@ def serve_forever(run_dir: str, host: str = "127.0.0.1", port: int = 8000, repli
         for s, handler in previous.items():
             signal.signal(s, handler)
         print("Shutting down Serve.", flush=True)
-        serve.shutdown()
+        if started_here():
+            # Stopping the Ray this command started stops Serve with it. serve.shutdown() would kill its controller
+            # under a pending call, which Ray 2.60 reports on the console as a failed task "to be retried".
+            ray.shutdown()
+        else:
+            serve.shutdown()
