@@ -20,7 +20,7 @@ import yaml
 from ray_recall.config import PipelineConfig
 from ray_recall.errors import RayRecallError
 from ray_recall.pipeline import check_config, run_pipeline, run_stage
-from ray_recall.rundir import STAGES
+from ray_recall.rundir import STAGES, RunDir
 from ray_recall.runtime import VERBOSE_ENV, init_ray, quiet_library_warnings, verbose
 
 
@@ -136,9 +136,9 @@ def _main(args) -> int:
         print("\nStage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in out["timings"].items()))
         if args.samples:
             print_samples(cfg.run_dir, args.samples)
+        example = json.dumps({"user_id": RunDir(cfg.run_dir).read_user_vocab().first(1)[0], "k": 10})  # a user of the run
         print(f"\nRun directory: {cfg.run_dir}\nStart the endpoint:  ray-recall serve --run-dir {cfg.run_dir}\n"
-              f"Then:  curl -s -X POST localhost:8000/recall -H 'content-type: application/json' "
-              "-d '{\"user_id\": 1, \"k\": 10}'")
+              f"Then:  curl -s -X POST localhost:8000/recall -H 'content-type: application/json' -d '{example}'")
     else:
         run_stage(cfg, args.command, force=args.force, resume=args.resume)
     return 0

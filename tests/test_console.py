@@ -49,3 +49,9 @@ def test_demo_console_has_the_projects_lines_in_order_and_no_noise(tmp_path):
     at = [next((i for i, line in enumerate(lines) if line.startswith(m)), None) for m in marks]
     assert None not in at, [m for m, i in zip(marks, at) if i is None]
     assert at == sorted(at), list(zip(marks, at))
+    # The closing curl asks for a user the run has (ids are the log's own: here numbers from 1001).
+    from ray_recall.rundir import RunDir
+
+    first_user = RunDir(cfg.run_dir).read_user_vocab().first(1)[0]
+    assert lines[-1].startswith("Then:  curl ") and lines[-1].endswith(f"""-d '{{"user_id": {first_user}, "k": 10}}'"""), \
+        lines[-1]
