@@ -361,7 +361,15 @@ def generate_seq_features(data, *, user_col: str = "user_id", item_col: str = "i
             data_cfg[key] = value
     cfg = PipelineConfig.from_dict({"run_dir": run.uri, "data": data_cfg})
     run.write_config(cfg)
-    run_stage(cfg, "preprocess", force=True, log=log or (lambda *_: None))
+    try:
+        run_stage(cfg, "preprocess", force=True, log=log or (lambda *_: None))
+    except DataError as e:  # in this function's terms: its arguments, and the caller's data rather than our copy of it
+        message = str(e)
+        if not isinstance(data, (str, os.PathLike)):  # a DataFrame or Dataset, staged as a Parquet copy
+            message = message.replace(f"table {path}", f"generate_seq_features(data=<{type(data).__name__}>)")
+        for arg in ("user_col", "item_col", "time_col"):
+            message = message.replace(f"(data.{arg})", f"({arg}=)")
+        raise DataError(message) from None
     return SeqData(run.uri)
 
 

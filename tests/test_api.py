@@ -118,6 +118,13 @@ def test_generate_seq_features_checks_columns(ray_session, tmp_path):
         generate_seq_features(df, item_attribute_cols=["categry"], run_dir=tmp_path / "b")
     with pytest.raises(ConfigError, match=r"must be a list of column names, e.g. \['taste'\]"):
         generate_seq_features(df, user_attribute_cols="taste", run_dir=tmp_path / "c")
+    # Bad values are named in this function's terms: the caller's DataFrame (not the copy staged from it) and its
+    # arguments (not the config keys they become).
+    bad = df.rename(columns={"timestamp": "ts"}).astype({"ts": "float64"})
+    bad.loc[3, "ts"] = None
+    with pytest.raises(DataError) as e:
+        generate_seq_features(bad, time_col="ts", run_dir=tmp_path / "d", log=lambda *_: None)
+    assert str(e.value) == "generate_seq_features(data=<DataFrame>): column 'ts' (time_col=) has missing values (1 in one block)"
 
 
 def test_a_ray_dataset_is_staged_as_parquet(ray_session, tmp_path):
