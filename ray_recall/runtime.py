@@ -9,6 +9,7 @@ import os
 import queue as _queue
 import sys
 import threading
+import time
 import warnings
 
 import ray
@@ -182,11 +183,15 @@ def unwrap_error(e: BaseException, kinds: tuple[type[BaseException], ...]) -> Ba
     return None
 
 
+PLAIN_PROGRESS_S = 60.0  # off a terminal, a worker's progress is a line of its own at most this often
+
+
 @contextlib.contextmanager
 def worker_lines(log, enabled: bool = True):
     """A sink for what a worker means for the console (hand it to the worker, which calls `emit(sink, line)` and
     `emit_progress(sink, ...)`), shown here as it arrives and in order: lines through `log`, progress as a
-    bar redrawn in place when stderr is a terminal (and not at all when it is not). None when not enabled.
+    bar redrawn in place when stderr is a terminal, else, once an epoch has run `PLAIN_PROGRESS_S`, as a line through
+    `log` at most that often (a log file or `ray job logs` then shows a long epoch moving). None when not enabled.
 
     Workers' output is not forwarded to the driver (see `init_ray`): this is how a training worker's
     per-epoch line reaches the console, once, between the driver's own lines.
@@ -198,7 +203,7 @@ def worker_lines(log, enabled: bool = True):
 
     sink = Queue(actor_options={"num_cpus": 0})
     done = threading.Event()
-    bar = _Bar(sys.stderr) if sys.stderr.isatty() else None
+    bar = _Bar(sys.stderr) if sys.stderr.isatty() else _Lines(log, PLAIN_PROGRESS_S)
 
     def drain() -> None:
         while True:
@@ -234,13 +239,40 @@ def worker_lines(log, enabled: bool = True):
         sink.shutdown()
 
 
+class _Lines:
+    """Progress where nothing can be redrawn (a file, a pipe): for work that has run `every` seconds or more under one
+    label, a line at most every `every` seconds (this process's clock), with the time left at the rate seen since
+    the label's first report (the reporter's clock, `at`)."""
+
+    def __init__(self, log, every: float):
+        self.log, self.every, self.last = log, every, time.monotonic()
+        self.first: dict[str, tuple[float, int]] = {}  # label -> (at, done) of its first report
+
+    def draw(self, label: str, done: int, total: int, unit: str = "", at: float | None = None) -> None:
+        at = time.time() if at is None else at
+        t0, done0 = self.first.setdefault(label, (at, done))
+        if time.monotonic() - self.last < self.every or at - t0 < self.every:  # only what runs longer than `every`
+            return
+        self.last = time.monotonic()
+        line = f"{label}: {done:,} of {total:,} {unit}".rstrip()
+        if total > 0:
+            line += f" ({100 * min(1.0, done / total):.0f}%)"
+            if done0 < done < total:
+                left = (total - done) * (at - t0) / (done - done0)
+                line += f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left"
+        self.log(line)
+
+    def clear(self) -> None:
+        pass
+
+
 class _Bar:
     """One progress line on a terminal, redrawn in place."""
 
     def __init__(self, stream):
         self.stream, self.shown = stream, False
 
-    def draw(self, label: str, done: int, total: int, unit: str = "") -> None:
+    def draw(self, label: str, done: int, total: int, unit: str = "", at: float | None = None) -> None:
         frac = min(1.0, done / total) if total > 0 else 0.0
         filled = int(round(30 * frac))
         self.stream.write(f"\r\033[K{label} [{'#' * filled}{'.' * (30 - filled)}] {100 * frac:3.0f}% "
@@ -270,4 +302,4 @@ def emit_progress(sink, label: str, done: int, total: int, unit: str = "") -> No
     """A worker's progress (`done` of `total`) for the driver's bar; nothing where there is no sink."""
     if sink is not None:
         with contextlib.suppress(Exception):
-            sink.put_nowait({"label": label, "done": int(done), "total": int(total), "unit": unit})
+            sink.put_nowait({"label": label, "done": int(done), "total": int(total), "unit": unit, "at": time.time()})

@@ -55,3 +55,42 @@ def test_demo_console_has_the_projects_lines_in_order_and_no_noise(tmp_path):
     first_user = RunDir(cfg.run_dir).read_user_vocab().first(1)[0]
     assert lines[-1].startswith("Then:  curl ") and lines[-1].endswith(f"""-d '{{"user_id": {first_user}, "k": 10}}'"""), \
         lines[-1]
+
+
+def test_progress_off_a_terminal_is_a_line_now_and_then_with_the_time_left():
+    """Where nothing can be redrawn (a log file, `ray job logs`), a long epoch still shows it moves: once it has run
+    `every` seconds, a plain line at most that often, the time left at the rate seen since the label's first report."""
+    from ray_recall.runtime import _Lines
+
+    got = []
+    lines = _Lines(got.append, every=0.0)
+    lines.draw("[train] epoch 1/2", 0, 1000, "targets", at=100.0)
+    lines.draw("[train] epoch 1/2", 250, 1000, "targets", at=160.0)  # 250 in 60 s: 750 more take 180 s
+    lines.draw("[train] epoch 1/2", 900, 1000, "targets", at=316.0)  # 900 in 216 s: 100 more take 24 s
+    lines.draw("[train] epoch 2/2", 0, 1000, "targets", at=400.0)  # a new label starts its own rate
+    assert got == ["[train] epoch 1/2: 0 of 1,000 targets (0%)",
+                   "[train] epoch 1/2: 250 of 1,000 targets (25%), about 3 min left",
+                   "[train] epoch 1/2: 900 of 1,000 targets (90%), about 24 s left",
+                   "[train] epoch 2/2: 0 of 1,000 targets (0%)"]
+    quiet = _Lines(got.append, every=60.0)
+    quiet.last -= 120  # the last line long ago, yet an epoch that has run less than a minute shows nothing
+    quiet.draw("[train] epoch 1/2", 0, 1000, "targets", at=0.0)
+    quiet.draw("[train] epoch 1/2", 500, 1000, "targets", at=59.0)
+    assert len(got) == 4
+    quiet.draw("[train] epoch 1/2", 600, 1000, "targets", at=60.0)
+    assert got[4:] == ["[train] epoch 1/2: 600 of 1,000 targets (60%), about 40 s left"]
+    quiet.draw("[train] epoch 1/2", 700, 1000, "targets", at=90.0)  # within a minute of the last line: nothing
+    assert len(got) == 5
+
+
+def test_worker_progress_reaches_a_log_in_order_with_its_lines(ray_session, monkeypatch):
+    """Through the real sink (a Ray queue) a worker's progress and lines arrive in the order sent; off a terminal
+    (as here) the progress is a line of its own."""
+    from ray_recall import runtime
+
+    monkeypatch.setattr(runtime, "PLAIN_PROGRESS_S", 0.0)
+    got = []
+    with runtime.worker_lines(got.append) as sink:
+        runtime.emit_progress(sink, "[train] epoch 1/1", 10, 40, "targets")
+        runtime.emit(sink, "[train] epoch 1/1 loss 1.0000")
+    assert got[0].startswith("[train] epoch 1/1: 10 of 40 targets (25%)") and got[1:] == ["[train] epoch 1/1 loss 1.0000"], got
