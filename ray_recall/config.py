@@ -229,7 +229,8 @@ class TrainConfig(_Section):
     max_steps: Optional[PositiveInt] = None
     """at most this many optimizer steps per epoch (None = the whole epoch); for timing runs on large data"""
     batch_size: PositiveInt = 1024
-    """global batch size; each of N workers takes batch_size / N"""
+    """global batch, in examples: samples per prefix, windows with all positions (each up to data.max_len targets);
+    each of N workers takes batch_size / N"""
     lr: PositiveNumber = 1e-3
     """Adam learning rate"""
     weight_decay: NonNegativeNumber = 0.0

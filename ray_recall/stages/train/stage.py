@@ -16,6 +16,7 @@ from ray_recall.config import PipelineConfig
 from ray_recall.errors import DataError
 from ray_recall.rundir import ModelFile, RunDir
 from ray_recall.runtime import worker_lines
+from ray_recall.stages.train.batches import examples_per_user
 from ray_recall.stages.train.loop import resolve_targets, train_loop_per_worker
 from ray_recall.stages.train.report import training_curves_png
 
@@ -107,6 +108,9 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
     log(f"[train] {cfg.model.name} ({targets}, {tc.mode}, {negatives}) on {tc.num_workers} worker(s), "
         f"at most {tc.epochs} epochs"
         + (f", resuming from {start_from.path}" if start_from else ""))
+    few = _few_steps_note(tc, meta, targets, run.read_schema().max_len)
+    if few:
+        log(few)
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", _HEALTH_CHECK_INTERVAL_S)
     # The rank-0 worker's per-epoch lines reach the console through `lines`, in order with the driver's.
     with worker_lines(log, enabled=not quiet_workers) as lines:
@@ -154,6 +158,25 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
         f"(of which epochs {epoch_seconds:.1f}s, {summary['samples_per_second']:.0f} samples/s); "
         f"curves in {run.uri_of('model', 'training_curves.png')}")
     return summary
+
+
+FEW_STEPS = 10  # an epoch of fewer optimizer steps than this gets a note: the batch is most of the data
+
+
+def _few_steps_note(tc, meta: dict, targets: str, max_len: int) -> str | None:
+    """A line for an epoch of only a few steps (a batch sized for another unit or another log), else None.
+
+    train.batch_size counts examples: samples per prefix, windows with all positions (each ~max_len targets), so
+    the same number means ~50x the targets there; a config written without it takes its default either way.
+    """
+    unit = "windows" if targets == "all positions" else "samples"
+    examples = examples_per_user(meta, targets.replace(" ", "_"), max_len, tc.window) * meta["num_sequence_users"]
+    steps = max(1, int(np.ceil(examples / tc.batch_size)))
+    if steps >= FEW_STEPS:
+        return None
+    return (f"[train] note: an epoch is about {steps} step(s) of train.batch_size={tc.batch_size} {unit} "
+            f"(~{examples:,.0f} {unit} an epoch): few updates per pass; the shipped configs take 64 windows or "
+            "256 samples a step")
 
 
 def _train_dataset(run: RunDir, tc, num_interactions: int) -> ray.data.Dataset:
