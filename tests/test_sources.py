@@ -220,6 +220,21 @@ def test_date_time_strings_are_seconds_since_the_epoch(tmp_path):
                    "u2": (["a", "b", "c"], [day, day + 86400.0, day + 86401.0])}
 
 
+@pytest.mark.parametrize("values, seconds", [
+    (["2024-01-11 09:08:14", "2024-01-11T09:08:14.5"], [1704964094.0, 1704964094.5]),  # no zone: UTC
+    (["2024-01-11T09:08:14Z", "2024-01-11T10:08:14.25+01:00"], [1704964094.0, 1704964094.25]),
+    (["2024-01-11T09:08:14Z", "2024-01-11 09:08:14.5"], [1704964094.0, 1704964094.5]),  # both kinds in one column
+    (["1704964094", "1704964094.5"], [1704964094.0, 1704964094.5]),
+])
+def test_timestamp_strings_become_seconds(values, seconds):
+    import pyarrow as pa
+
+    from ray_recall.stages.preprocess.sources import validate_and_normalize
+
+    batch = pa.table({"user_id": ["u"] * len(values), "item_id": ["i"] * len(values), "timestamp": values})
+    assert validate_and_normalize(batch, "log").column("timestamp").to_pylist() == seconds
+
+
 @pytest.mark.parametrize("values, needle", [
     (["1700000000", "2024-01-11"], "mixes numbers and date-times (e.g. '1700000000' and '2024-01-11')"),
     (["2024-01-11", "11/01/2024"], "holds '11/01/2024', which is neither a number nor an ISO 8601 date-time"),

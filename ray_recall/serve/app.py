@@ -35,13 +35,13 @@ import signal
 import threading
 from typing import Annotated, Any, Literal, Optional, Union
 
+import ray
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import (BaseModel, ConfigDict, Field, PlainValidator, StrictBool, StrictInt, ValidationError,
                       ValidationInfo, WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
-import ray
 from ray import serve
 
 from ray_recall.runtime import bound_heap_growth, init_ray, started_here, verbose
