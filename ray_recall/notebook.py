@@ -314,7 +314,8 @@ def generate_seq_features(data, *, user_col: str = "user_id", item_col: str = "i
     Args:
         data: a pandas DataFrame, a Ray Dataset, or the path / URI of a Parquet or CSV table, with one
             row per interaction; attribute columns ride along in the same rows (the last value per id wins).
-        user_col, item_col, time_col: the id and timestamp columns (numeric or datetime timestamps).
+        user_col, item_col, time_col: the id and timestamp columns (timestamps: numbers in seconds, date-times, or
+            ISO 8601 strings, UTC without a zone).
         user_attribute_cols, item_attribute_cols: categorical attribute columns that models may use as
             features (`DSSM(user_features=...)`).
         multi_value_cols: attribute columns holding several values joined by `multi_value_sep`
