@@ -78,7 +78,7 @@ def test_failed_stage_leaves_previous_outputs(trained_run, tmp_path):
     bad_csv = tmp_path / "bad.csv"
     bad_csv.write_text("user_id,item_id,timestamp\n1,2,soon\n1,3,4\n1,4,5\n")
     cfg = base.replace(run_dir=run.uri, **{"data.source": "table", "data.path": str(bad_csv)})
-    with pytest.raises(DataError, match="not numeric"):
+    with pytest.raises(DataError, match=r"column 'timestamp' \(data.time_col\) holds 'soon', which is neither a number"):
         run_stage(cfg, "preprocess", log=lambda *_: None)
     after = {p: open(run.path(*p.split("/")), "rb").read() for p in before}
     assert after == before
