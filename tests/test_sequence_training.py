@@ -307,10 +307,10 @@ def test_an_epoch_of_few_steps_gets_a_note_naming_the_batch_and_its_unit():
     from ray_recall.stages.train.stage import _few_steps_note
 
     meta = {"num_sequence_users": 800, "samples": {"train": 17_600}}  # 22 train targets a user
-    note = _few_steps_note(TrainConfig(), meta, "all positions", 50)
+    note = _few_steps_note(TrainConfig(), meta, "all_positions", 50)
     assert note == ("[train] note: an epoch is about 2 step(s) of train.batch_size=1024 windows (~1,152 windows an "
                     "epoch): few updates per pass; the shipped configs take 64 windows or 256 samples a step")
-    assert _few_steps_note(TrainConfig(batch_size=64), meta, "all positions", 50) is None  # 18 steps (1.44 windows a user)
+    assert _few_steps_note(TrainConfig(batch_size=64), meta, "all_positions", 50) is None  # 18 steps (1.44 windows a user)
     assert "of train.batch_size=2048 samples (~17,600 samples" in _few_steps_note(TrainConfig(batch_size=2048), meta,
-                                                                                  "per prefix", 50)
-    assert _few_steps_note(TrainConfig(), meta, "per prefix", 50) is None  # 18 steps of 1024 samples
+                                                                                  "per_prefix", 50)
+    assert _few_steps_note(TrainConfig(), meta, "per_prefix", 50) is None  # 18 steps of 1024 samples

@@ -101,12 +101,12 @@ def train(cfg: PipelineConfig, run: RunDir, log=print, resume: bool = False, tra
         log(f"[train] nothing to resume in {run.uri_of('checkpoints', name)}; training from scratch")
     t0 = time.perf_counter()
     train_ds = _train_dataset(run, tc, meta["num_interactions"])
-    targets = resolve_targets(tc, cfg.model.name).replace("_", " ")
+    targets = resolve_targets(tc, cfg.model.name)  # all_positions | per_prefix
     negatives = ("exact softmax over every item" if tc.mode == "listwise" and tc.softmax == "full" else
                  f"{tc.num_negatives} x {tc.sampler} negatives" + (" shared per step" if tc.shared_negatives else "")
                  + (", in-batch" if tc.in_batch_negatives else ""))
-    log(f"[train] {cfg.model.name} ({targets}, {tc.mode}, {negatives}) on {tc.num_workers} worker(s), "
-        f"at most {tc.epochs} epochs"
+    log(f"[train] {cfg.model.name} ({targets.replace('_', ' ')}, {tc.mode}, {negatives}) on {tc.num_workers} "
+        f"worker(s), at most {tc.epochs} epochs"
         + (f", resuming from {start_from.path}" if start_from else ""))
     few = _few_steps_note(tc, meta, targets, run.read_schema().max_len)
     if few:
@@ -169,8 +169,8 @@ def _few_steps_note(tc, meta: dict, targets: str, max_len: int) -> str | None:
     train.batch_size counts examples: samples per prefix, windows with all positions (each ~max_len targets), so
     the same number means ~50x the targets there; a config written without it takes its default either way.
     """
-    unit = "windows" if targets == "all positions" else "samples"
-    examples = examples_per_user(meta, targets.replace(" ", "_"), max_len, tc.window) * meta["num_sequence_users"]
+    unit = "windows" if targets == "all_positions" else "samples"
+    examples = examples_per_user(meta, targets, max_len, tc.window) * meta["num_sequence_users"]
     steps = max(1, int(np.ceil(examples / tc.batch_size)))
     if steps >= FEW_STEPS:
         return None
